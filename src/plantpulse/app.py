@@ -1,0 +1,97 @@
+"""create_app() and the lifespan that opens and closes everything the process uses."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
+
+from plantpulse import __version__, timescale
+from plantpulse.auth.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
+from plantpulse.auth.router import router as auth_router
+from plantpulse.auth.router import users_router
+from plantpulse.config import Settings
+from plantpulse.db import make_engine, make_sessionmaker
+from plantpulse.errors import install_error_handlers
+from plantpulse.health.router import router as health_router
+from plantpulse.state import Resources
+
+log = logging.getLogger("plantpulse")
+
+DESCRIPTION = """
+Industrial telemetry: machines publish readings over MQTT or HTTP, PlantPulse stores them in
+TimescaleDB and serves them over REST, WebSocket and alerts.
+
+Authenticate with **Authorize** (username and password); every error has the same JSON shape:
+`{"error": "...", "detail": "...", "status": 4xx}`.
+"""
+
+
+async def _detect_timescale(resources: Resources) -> None:
+    try:
+        async with resources.engine.connect() as conn:
+            resources.timescale = await timescale.detect(conn)
+    except (SQLAlchemyError, OSError) as exc:
+        log.warning("database unreachable at start-up (%s); the API serves and /ready says so", exc)
+        return
+    if not resources.timescale.installed:
+        log.warning(
+            "TimescaleDB is not installed in this database: readings are a plain table "
+            "(correct, but slower at scale and without compression or retention policies)"
+        )
+    else:
+        log.info(
+            "TimescaleDB %s (%s edition)", resources.timescale.version, resources.timescale.edition
+        )
+
+
+@asynccontextmanager
+async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
+    async with AsyncExitStack() as stack:
+        engine = make_engine(settings.database)
+        stack.push_async_callback(engine.dispose)
+        redis: Redis | None = None
+        revocations: RevocationStore = MemoryRevocationStore()
+        if settings.redis.url:
+            redis = Redis.from_url(settings.redis.url)
+            stack.push_async_callback(redis.aclose)
+            revocations = RedisRevocationStore(redis, settings.redis.key_prefix)
+        else:
+            log.warning("no Redis configured: token revocations are kept in this process only")
+        resources = Resources(
+            settings=settings,
+            engine=engine,
+            sessionmaker=make_sessionmaker(engine),
+            redis=redis,
+            revocations=revocations,
+            timescale=timescale.TimescaleInfo(version=None, license=None),
+        )
+        await _detect_timescale(resources)
+        yield resources
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        async with lifespan_resources(settings) as resources:
+            yield {"resources": resources}
+
+    app = FastAPI(
+        title="PlantPulse",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        swagger_ui_parameters={"persistAuthorization": True},
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(auth_router)
+    app.include_router(users_router)
+    return app

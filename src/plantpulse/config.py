@@ -1,0 +1,110 @@
+"""One Settings object for the whole service, read from `PLANTPULSE_*` variables and `.env`.
+
+Nested areas use `__` in variable names: `PLANTPULSE_DATABASE__URL`, `PLANTPULSE_MQTT__HOST`.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Literal
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The value shipped in .env.example; accepted only in development so nobody runs production on it.
+EXAMPLE_JWT_SECRET = "change-me-development-only-secret"  # noqa: S105
+
+
+class DatabaseSettings(BaseModel):
+    url: str = "postgresql+asyncpg://postgres@127.0.0.1:5432/plantpulse"
+    pool_size: int = Field(default=10, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
+    echo: bool = False
+
+    @cached_property
+    def asyncpg_dsn(self) -> str:
+        """The URL without SQLAlchemy's driver suffix, for raw asyncpg connections."""
+        return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+class RedisSettings(BaseModel):
+    # Empty means "no Redis": revocations and fan-out stay in this process.
+    url: str | None = "redis://127.0.0.1:6379/0"
+    key_prefix: str = "plantpulse:"
+
+
+class AuthSettings(BaseModel):
+    jwt_secret: SecretStr = SecretStr(EXAMPLE_JWT_SECRET)
+    jwt_algorithm: Literal["HS256", "HS384", "HS512"] = "HS256"
+    access_token_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    refresh_token_days: int = Field(default=7, ge=1, le=365)
+    allow_self_registration: bool = True
+
+
+class MqttSettings(BaseModel):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    username: str | None = None
+    password: SecretStr | None = None
+    # Fixed so the broker keeps our persistent session (and queued QoS 1 messages) across restarts.
+    client_id: str = "plantpulse-ingest"
+    topic_prefix: str = "plantpulse"
+    # Set to subscribe through `$share/<group>/...` so several processes split the stream.
+    shared_group: str | None = None
+    session_expiry_seconds: int = Field(default=7 * 24 * 3600, ge=0)
+    keepalive_seconds: int = Field(default=30, ge=5, le=3600)
+    reconnect_max_seconds: float = Field(default=30.0, gt=0)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="PLANTPULSE_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="ignore",
+    )
+
+    env: Literal["development", "test", "production"] = "production"
+    log_level: str = "INFO"
+    database: DatabaseSettings = DatabaseSettings()
+    redis: RedisSettings = RedisSettings()
+    auth: AuthSettings = AuthSettings()
+    mqtt: MqttSettings = MqttSettings()
+
+    @model_validator(mode="after")
+    def _refuse_example_secret(self) -> Settings:
+        secret = self.auth.jwt_secret.get_secret_value()
+        if self.env != "development" and secret == EXAMPLE_JWT_SECRET:
+            raise ValueError(
+                "PLANTPULSE_AUTH__JWT_SECRET is the example value; set a real secret "
+                "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(48))'`) "
+                "or set PLANTPULSE_ENV=development for local use"
+            )
+        if len(secret) < 16:
+            raise ValueError("PLANTPULSE_AUTH__JWT_SECRET must be at least 16 characters")
+        return self
+
+
+class AdminSettings(BaseModel):
+    """The first management account, created by `plantpulse create-admin --if-missing`."""
+
+    username: str = "admin"
+    email: str = "admin@plantpulse.local"
+    # Empty: a password is generated and printed once.
+    password: SecretStr | None = None
+
+
+class BootstrapSettings(BaseSettings):
+    """The part migrations and `create-admin` need: no JWT secret or broker required."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PLANTPULSE_", env_nested_delimiter="__", env_file=".env", extra="ignore"
+    )
+
+    database: DatabaseSettings = DatabaseSettings()
+    admin: AdminSettings = AdminSettings()
+
+
+def database_settings() -> DatabaseSettings:
+    return BootstrapSettings().database

@@ -1,0 +1,181 @@
+"""The PlantPulse error tree and the handlers that give every error one JSON envelope.
+
+    {"error": "MachineNotFound", "detail": "machine 3f... does not exist", "status": 404}
+
+Validation errors add `errors` (one entry per field); unexpected exceptions add `request_id`.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
+from typing import Any, cast
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class PlantPulseError(Exception):
+    status_code = 400
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers
+
+    @property
+    def name(self) -> str:
+        return type(self).__name__
+
+
+class BadRequest(PlantPulseError):
+    status_code = 400
+
+
+class NotAuthenticated(PlantPulseError):
+    status_code = 401
+
+    def __init__(self, detail: str = "not authenticated") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class PermissionDenied(PlantPulseError):
+    status_code = 403
+
+
+class NotFound(PlantPulseError):
+    status_code = 404
+
+
+class Conflict(PlantPulseError):
+    status_code = 409
+
+
+class PayloadTooLarge(PlantPulseError):
+    status_code = 413
+
+
+class InvalidInput(PlantPulseError):
+    status_code = 422
+
+
+class ServiceUnavailable(PlantPulseError):
+    status_code = 503
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    status: int
+    errors: list[FieldError] | None = None
+    request_id: str | None = None
+
+
+_STATUS_NAMES = {
+    400: "BadRequest",
+    401: "NotAuthenticated",
+    403: "PermissionDenied",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    409: "Conflict",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "ValidationError",
+    429: "TooManyRequests",
+    500: "InternalError",
+    503: "ServiceUnavailable",
+}
+
+_DESCRIPTIONS = {
+    400: "Malformed request",
+    401: "Missing, invalid, expired or revoked token",
+    403: "The caller lacks the permission",
+    404: "Not found",
+    409: "Conflicts with existing data",
+    413: "Payload too large",
+    422: "Validation failed (per-field detail in `errors`)",
+    503: "A dependency is unavailable",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` entries for routes, all with the one error envelope."""
+    return {
+        code: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
+        for code in codes
+    }
+
+
+def envelope(
+    status: int,
+    detail: str,
+    *,
+    error: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = {
+        "error": error or _STATUS_NAMES.get(status, "Error"),
+        "detail": detail,
+        "status": status,
+    }
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
+
+
+def _field_errors(errors: Any) -> list[dict[str, Any]]:
+    return [
+        {"loc": list(e.get("loc", ())), "msg": str(e.get("msg", "")), "type": e.get("type", "")}
+        for e in errors
+    ]
+
+
+def _summary(fields: list[dict[str, Any]]) -> str:
+    parts = []
+    for field in fields[:5]:
+        where = ".".join(str(p) for p in field["loc"] if p not in ("body", "query", "path"))
+        parts.append(f"{where}: {field['msg']}" if where else field["msg"])
+    more = f" (+{len(fields) - 5} more)" if len(fields) > 5 else ""
+    return "; ".join(parts) + more
+
+
+async def _plantpulse_error(_: Request, exc: Exception) -> JSONResponse:
+    exc = cast(PlantPulseError, exc)
+    return envelope(exc.status_code, exc.detail, error=exc.name, headers=exc.headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    fields = _field_errors(cast(RequestValidationError, exc).errors())
+    return envelope(422, _summary(fields) or "invalid request", errors=fields)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    exc = cast(StarletteHTTPException, exc)
+    detail = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return envelope(exc.status_code, detail, headers=exc.headers)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+    log.exception("unhandled error request_id=%s %s %s", request_id, request.method, request.url)
+    return envelope(500, "internal error; quote the request id", request_id=request_id)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(PlantPulseError, _plantpulse_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,121 @@
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Literal
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from plantpulse import __version__
+from plantpulse.state import AppResources
+
+router = APIRouter(tags=["health"])
+
+CHECK_TIMEOUT_SECONDS = 2.0
+
+
+class Root(BaseModel):
+    name: str
+    version: str
+    docs: str
+    openapi: str
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Component(BaseModel):
+    status: Literal["up", "down", "disabled"]
+    detail: str | None = None
+    info: dict[str, Any] | None = None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "degraded", "unavailable"]
+    database: Component
+    timescaledb: Component
+    redis: Component
+    mqtt: Component
+    revocation_store: Literal["redis", "memory"]
+
+
+@router.get("/")
+async def root(request: Request) -> Root:
+    """Name, version and where the API documentation is."""
+    return Root(
+        name="PlantPulse", version=__version__, docs="/docs", openapi=request.app.openapi_url
+    )
+
+
+@router.get("/health")
+async def health() -> Liveness:
+    """Liveness: the process answers. Checks no dependency."""
+    return Liveness()
+
+
+async def _database(resources: AppResources) -> Component:
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS), resources.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception as exc:  # any failure means "down"; the reason goes in the body
+        return Component(status="down", detail=f"{type(exc).__name__}: {exc}"[:300])
+    return Component(status="up")
+
+
+async def _redis(resources: AppResources) -> Component:
+    if resources.redis is None:
+        return Component(
+            status="disabled",
+            detail="no Redis configured: token revocations and live events stay in this process",
+        )
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            await resources.redis.ping()
+    except Exception as exc:
+        return Component(status="down", detail=f"{type(exc).__name__}: {exc}"[:300])
+    return Component(status="up")
+
+
+def _mqtt(resources: AppResources) -> Component:
+    status = resources.extras.get("mqtt_status")
+    if status is None:
+        return Component(status="disabled", detail="MQTT ingest is not enabled")
+    up, detail, info = status()
+    return Component(status="up" if up else "down", detail=detail, info=info)
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "The database is down"}},
+)
+async def ready(resources: AppResources) -> JSONResponse:
+    """Readiness of database, TimescaleDB, Redis and MQTT broker; 503 when the database is down."""
+    database, redis = await asyncio.gather(_database(resources), _redis(resources))
+    ts = resources.timescale
+    timescale = Component(
+        status="up" if ts.installed else "disabled",
+        detail=None if ts.installed else "plain PostgreSQL: readings are a regular table",
+        info={"version": ts.version, "license": ts.license, "edition": ts.edition},
+    )
+    mqtt = _mqtt(resources)
+    if database.status == "down":
+        overall: Literal["ready", "degraded", "unavailable"] = "unavailable"
+    elif "down" in (redis.status, mqtt.status):
+        overall = "degraded"
+    else:
+        overall = "ready"
+    body = Readiness(
+        status=overall,
+        database=database,
+        timescaledb=timescale,
+        redis=redis,
+        mqtt=mqtt,
+        revocation_store="redis" if resources.revocations.kind == "redis" else "memory",
+    )
+    return JSONResponse(
+        body.model_dump(mode="json"), status_code=503 if overall == "unavailable" else 200
+    )

@@ -1,0 +1,20 @@
+"""Messages that could not be ingested, kept with the reason so nothing is silently lost."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, String, Table, Text, func
+
+from plantpulse.db import Base
+
+dead_letters = Table(
+    "dead_letters",
+    Base.metadata,
+    Column("id", BigInteger, primary_key=True, autoincrement=True),
+    Column("received_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("source", String(16), nullable=False),
+    Column("topic", Text),
+    Column("reason", Text, nullable=False),
+    Column("payload_excerpt", Text),
+    Column("payload_size", Integer, nullable=False, server_default="0"),
+    Index("ix_dead_letters_received_at", "received_at"),
+)

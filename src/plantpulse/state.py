@@ -1,0 +1,35 @@
+"""What the lifespan opens and every request may use: typed, one instance per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+from fastapi import Depends
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
+
+from plantpulse.auth.revocation import RevocationStore
+from plantpulse.config import Settings
+from plantpulse.timescale import TimescaleInfo
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    redis: Redis | None
+    revocations: RevocationStore
+    timescale: TimescaleInfo
+    # Capabilities started by the lifespan register their handles here (ingest pipeline, hub...).
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def get_resources(connection: HTTPConnection) -> Resources:
+    resources: Resources = connection.state.resources
+    return resources
+
+
+AppResources = Annotated[Resources, Depends(get_resources)]

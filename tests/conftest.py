@@ -1,0 +1,157 @@
+from __future__ import annotations
+
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from asgi_lifespan import LifespanManager
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+from pydantic import SecretStr
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from plantpulse.app import create_app
+from plantpulse.auth import service as auth
+from plantpulse.auth.models import User
+from plantpulse.auth.permissions import Role
+from plantpulse.auth.schemas import UserCreate
+from plantpulse.config import (
+    AuthSettings,
+    DatabaseSettings,
+    MqttSettings,
+    RedisSettings,
+    Settings,
+)
+from plantpulse.db import get_db_session, make_engine
+from plantpulse.state import Resources
+from tests import support
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """One migrated database for the run; tests roll their changes back."""
+    url = await support.create_database("main")
+    try:
+        await support.migrate(url)
+        yield url
+    finally:
+        await support.drop_database(url)
+
+
+def make_settings(database_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "env": "test",
+        "database": DatabaseSettings(url=database_url, pool_size=5),
+        "redis": RedisSettings(url=support.REDIS_URL, key_prefix=f"pptest:{support.RUN_ID}:"),
+        "auth": AuthSettings(jwt_secret=SecretStr(secrets.token_urlsafe(32))),
+        "mqtt": MqttSettings(enabled=False),
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture(scope="session")
+async def engine(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    engine = make_engine(settings.database)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(scope="session")
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, LifespanManager]]:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        yield app, manager
+    redis = Redis.from_url(support.REDIS_URL)
+    async for key in redis.scan_iter(match=f"pptest:{support.RUN_ID}:*"):
+        await redis.delete(key)
+    await redis.aclose()
+
+
+@pytest.fixture
+def resources(running_app: tuple[FastAPI, LifespanManager]) -> Resources:
+    _, manager = running_app
+    resources: Resources = manager._state["resources"]
+    return resources
+
+
+@pytest.fixture
+async def db(engine: AsyncEngine) -> AsyncIterator[AsyncSession]:
+    """A session inside a transaction that is rolled back after the test.
+
+    Requests made through `client` use this same session; their commits become savepoints.
+    """
+    async with engine.connect() as connection:
+        transaction = await connection.begin()
+        session = AsyncSession(
+            bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False
+        )
+        try:
+            yield session
+        finally:
+            await session.close()
+            await transaction.rollback()
+
+
+@pytest.fixture
+async def client(
+    running_app: tuple[FastAPI, LifespanManager], db: AsyncSession
+) -> AsyncIterator[AsyncClient]:
+    app, manager = running_app
+
+    async def session_override() -> AsyncIterator[AsyncSession]:
+        # A savepoint per request: a failing request rolls back its own work, as in production.
+        async with db.begin_nested():
+            yield db
+
+    app.dependency_overrides[get_db_session] = session_override
+    transport = ASGITransport(app=manager.app, raise_app_exceptions=False)
+    try:
+        async with AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        app.dependency_overrides.clear()
+
+
+UserFactory = Callable[..., Awaitable[User]]
+
+
+@pytest.fixture
+def make_user(db: AsyncSession) -> UserFactory:
+    counter = 0
+
+    async def factory(role: Role = Role.operator, **fields: object) -> User:
+        nonlocal counter
+        counter += 1
+        name = str(fields.pop("username", f"{role}{counter}"))
+        data = UserCreate(
+            username=name,
+            email=str(fields.pop("email", f"{name}@example.com")),
+            password=str(fields.pop("password", PASSWORD)),
+        )
+        user = await auth.create_user(db, data=data, role=role)
+        for key, value in fields.items():
+            setattr(user, key, value)
+        await db.flush()
+        return user
+
+    return factory
+
+
+@pytest.fixture
+def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
+    """Bearer headers for a user, without a login round-trip."""
+
+    def headers(user: User) -> dict[str, str]:
+        tokens = auth.issue_tokens(settings.auth, user=user)
+        return {"Authorization": f"Bearer {tokens.access_token}"}
+
+    return headers

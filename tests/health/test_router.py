@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from asgi_lifespan import LifespanManager
+from httpx import ASGITransport, AsyncClient
+
+from plantpulse import __version__
+from plantpulse.app import create_app
+from plantpulse.config import DatabaseSettings, RedisSettings, Settings
+from tests.conftest import make_settings
+
+
+class TestHealth:
+    async def test_root_names_the_service_and_the_docs(self, client: AsyncClient) -> None:
+        body = (await client.get("/")).json()
+        assert body == {
+            "name": "PlantPulse",
+            "version": __version__,
+            "docs": "/docs",
+            "openapi": "/openapi.json",
+        }
+
+    async def test_liveness_needs_nothing(self, client: AsyncClient) -> None:
+        response = await client.get("/health")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    async def test_ready_reports_every_component(self, client: AsyncClient) -> None:
+        response = await client.get("/ready")
+        assert response.status_code == 200
+        body = response.json()
+        assert body["status"] == "ready"
+        assert body["database"]["status"] == "up"
+        assert body["timescaledb"]["status"] == "up"
+        assert body["timescaledb"]["info"]["edition"] in ("apache", "community")
+        assert body["redis"]["status"] == "up"
+        assert body["revocation_store"] == "redis"
+        assert body["mqtt"]["status"] == "disabled"
+
+
+async def _ready(settings: Settings) -> tuple[int, dict[str, object]]:
+    app = create_app(settings)
+    async with LifespanManager(app) as manager:
+        transport = ASGITransport(app=manager.app)
+        async with AsyncClient(transport=transport, base_url="http://test") as client:
+            response = await client.get("/ready")
+            return response.status_code, response.json()
+
+
+class TestReadinessFailures:
+    async def test_database_down_is_503_and_the_api_still_answers(self, settings: Settings) -> None:
+        down = make_settings(
+            settings.database.url,
+            database=DatabaseSettings(url="postgresql+asyncpg://postgres@127.0.0.1:9/nowhere"),
+        )
+        status, body = await _ready(down)
+        assert status == 503
+        assert body["status"] == "unavailable"
+        assert body["database"]["status"] == "down"  # type: ignore[index]
+
+    async def test_without_redis_the_memory_store_is_reported(self, settings: Settings) -> None:
+        status, body = await _ready(
+            make_settings(settings.database.url, redis=RedisSettings(url=""))
+        )
+        assert status == 200
+        assert body["redis"]["status"] == "disabled"  # type: ignore[index]
+        assert body["revocation_store"] == "memory"
+
+    async def test_redis_down_is_degraded_not_unavailable(self, settings: Settings) -> None:
+        status, body = await _ready(
+            make_settings(settings.database.url, redis=RedisSettings(url="redis://127.0.0.1:9/0"))
+        )
+        assert status == 200
+        assert body["status"] == "degraded"
+        assert body["redis"]["status"] == "down"  # type: ignore[index]

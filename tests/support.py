@@ -1,0 +1,63 @@
+"""Real-service helpers for tests: per-run databases, migrations, users and tokens."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# The cluster the tests create their databases in; each run gets databases of its own.
+SERVER_URL = os.environ.get(
+    "PLANTPULSE_TEST_DATABASE_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("PLANTPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+RUN_ID = uuid.uuid4().hex[:10]
+
+
+def database_url(name: str) -> str:
+    return make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def create_database(suffix: str) -> str:
+    name = f"pptest_{RUN_ID}_{suffix}"
+    conn = await asyncpg.connect(_asyncpg_dsn(SERVER_URL))
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return database_url(name)
+
+
+async def drop_database(url: str) -> None:
+    name = make_url(url).database
+    conn = await asyncpg.connect(_asyncpg_dsn(SERVER_URL))
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def alembic_config(url: str) -> Config:
+    config = Config(str(ROOT / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", url)
+    # Keep pytest's log capture: alembic's fileConfig would replace the handlers.
+    config.attributes["configure_logger"] = False
+    return config
+
+
+async def migrate(url: str, revision: str = "head", *, down: bool = False) -> None:
+    # env.py runs its own event loop, so Alembic runs in a worker thread.
+    action = command.downgrade if down else command.upgrade
+    await asyncio.to_thread(action, alembic_config(url), revision)

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from fastapi import FastAPI
+from httpx import ASGITransport, AsyncClient
+
+from plantpulse.config import EXAMPLE_JWT_SECRET, Settings
+from plantpulse.errors import install_error_handlers
+
+
+class TestErrorEnvelope:
+    async def test_unknown_route_is_a_404_envelope(self, client: AsyncClient) -> None:
+        response = await client.get("/api/v1/nope")
+        assert response.status_code == 404
+        assert response.json() == {"error": "NotFound", "detail": "Not Found", "status": 404}
+
+    async def test_wrong_method_is_a_405_envelope(self, client: AsyncClient) -> None:
+        response = await client.delete("/health")
+        assert response.status_code == 405
+        assert response.json()["error"] == "MethodNotAllowed"
+
+    async def test_body_that_is_not_json_is_a_422_envelope(self, client: AsyncClient) -> None:
+        response = await client.post(
+            "/api/v1/auth/register", content=b"{{{", headers={"Content-Type": "application/json"}
+        )
+        assert response.status_code == 422
+        assert response.json()["error"] == "ValidationError"
+
+    async def test_unexpected_exception_is_a_500_envelope_with_request_id(self) -> None:
+        app = FastAPI()
+        install_error_handlers(app)
+
+        @app.get("/boom")
+        async def boom() -> None:
+            raise RuntimeError("kaput")
+
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/boom", headers={"X-Request-ID": "req-42"})
+        assert response.status_code == 500
+        body = response.json()
+        assert body["error"] == "InternalError"
+        assert body["request_id"] == "req-42"
+        assert "kaput" not in body["detail"]
+
+    def test_openapi_documents_the_envelope_for_errors(
+        self, running_app: tuple[FastAPI, object]
+    ) -> None:
+        app, _ = running_app
+        responses = app.openapi()["paths"]["/api/v1/users/{user_id}"]["get"]["responses"]
+        for code in ("401", "403", "404", "422"):
+            schema = responses[code]["content"]["application/json"]["schema"]
+            assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, code
+
+
+class TestSettings:
+    def test_example_secret_is_refused_outside_development(self) -> None:
+        import pytest
+        from pydantic import ValidationError
+
+        with pytest.raises(ValidationError, match="example value"):
+            Settings(_env_file=None, env="production")  # type: ignore[call-arg]
+        settings = Settings(_env_file=None, env="development")  # type: ignore[call-arg]
+        assert settings.auth.jwt_secret.get_secret_value() == EXAMPLE_JWT_SECRET

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests import support
+
+
+@pytest.fixture
+async def scratch_url() -> AsyncIterator[str]:
+    url = await support.create_database("migrations")
+    try:
+        yield url
+    finally:
+        await support.drop_database(url)
+
+
+async def _tables(url: str) -> set[str]:
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        return {r["tablename"] for r in rows}
+    finally:
+        await conn.close()
+
+
+class TestMigrations:
+    async def test_upgrade_creates_the_schema_and_the_hypertable(self, scratch_url: str) -> None:
+        await support.migrate(scratch_url)
+        assert {
+            "users",
+            "machines",
+            "readings",
+            "machine_metrics",
+            "dead_letters",
+        } <= await _tables(scratch_url)
+        conn = await asyncpg.connect(scratch_url.replace("postgresql+asyncpg://", "postgresql://"))
+        try:
+            hypertables = await conn.fetch(
+                "SELECT hypertable_name FROM timescaledb_information.hypertables"
+            )
+            assert [r["hypertable_name"] for r in hypertables] == ["readings"]
+            interval = await conn.fetchval(
+                "SELECT time_interval FROM timescaledb_information.dimensions "
+                "WHERE hypertable_name = 'readings'"
+            )
+            assert interval.days == 1
+        finally:
+            await conn.close()
+
+    async def test_downgrade_to_base_removes_everything_and_upgrade_again_works(
+        self, scratch_url: str
+    ) -> None:
+        await support.migrate(scratch_url)
+        await support.migrate(scratch_url, "base", down=True)
+        assert await _tables(scratch_url) <= {"alembic_version"}
+        await support.migrate(scratch_url)
+        assert "readings" in await _tables(scratch_url)
+
+    async def test_each_step_downgrades_one_at_a_time(self, scratch_url: str) -> None:
+        await support.migrate(scratch_url)
+        await support.migrate(scratch_url, "-1", down=True)
+        assert "readings" not in await _tables(scratch_url)
+        assert "users" in await _tables(scratch_url)
+        await support.migrate(scratch_url)
