@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+import asyncpg
 import pytest
 from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
@@ -155,3 +157,49 @@ def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
         return {"Authorization": f"Bearer {tokens.access_token}"}
 
     return headers
+
+
+@pytest.fixture(scope="session")
+async def pg_pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Raw asyncpg for tests of code that commits on its own (writer, ingest)."""
+    pool = await asyncpg.create_pool(database_url.replace("+asyncpg", ""), min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+MachineFactory = Callable[..., Awaitable[uuid.UUID]]
+
+
+@pytest.fixture
+async def committed_machine(pg_pool: asyncpg.Pool) -> AsyncIterator[MachineFactory]:
+    """Machines committed for real (for code with its own transactions), removed afterwards
+    with their readings and metrics."""
+    created: list[uuid.UUID] = []
+
+    async def factory(name: str | None = None, **columns: object) -> uuid.UUID:
+        machine_id = uuid.uuid4()
+        names = ["id", "name", *columns]
+        values = [machine_id, name or f"m-{machine_id.hex[:8]}", *columns.values()]
+        params = ", ".join(f"${i}" for i in range(1, len(values) + 1))
+        await pg_pool.execute(
+            f"INSERT INTO machines ({', '.join(names)}) VALUES ({params})",  # noqa: S608
+            *values,
+        )
+        created.append(machine_id)
+        return machine_id
+
+    yield factory
+    if created:
+        await pg_pool.execute("DELETE FROM readings WHERE machine_id = ANY($1::uuid[])", created)
+        await pg_pool.execute("DELETE FROM machines WHERE id = ANY($1::uuid[])", created)
+
+
+@pytest.fixture(scope="session")
+async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[support.Broker]:
+    """A private, tuned Mosquitto for the run (the machine's broker is left alone)."""
+    broker = support.Broker(tmp_path_factory.mktemp("mosquitto"))
+    await broker.start()
+    try:
+        yield broker
+    finally:
+        await broker.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import getpass
 import os
 import uuid
 from pathlib import Path
@@ -61,3 +62,69 @@ async def migrate(url: str, revision: str = "head", *, down: bool = False) -> No
     # env.py runs its own event loop, so Alembic runs in a worker thread.
     action = command.downgrade if down else command.upgrade
     await asyncio.to_thread(action, alembic_config(url), revision)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class Broker:
+    """A private Mosquitto for one test run: its own port, config and persistence directory,
+    so tests can stop and restart it without touching the machine's broker."""
+
+    def __init__(self, directory: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.directory = directory
+        self.process: asyncio.subprocess.Process | None = None
+        # The same tuning the shipped config has (between its marker lines).
+        shipped = (ROOT / "scripts" / "mosquitto.conf").read_text()
+        tuning = shipped.split(">>> plantpulse tuning >>>")[1].split("# <<<")[0]
+        (directory / "mosquitto.conf").write_text(
+            f"listener {self.port} {self.host}\n"
+            # Run as whoever runs the tests: as root, Mosquitto would otherwise switch to the
+            # `mosquitto` user, which cannot write its persistence file into our temp directory.
+            f"user {getpass.getuser()}\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {directory}/\n"
+            "log_dest stderr\n"
+            "log_type error\n"
+            "log_type warning\n"
+            f"{tuning}\n"
+        )
+
+    async def start(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            "mosquitto",
+            "-c",
+            str(self.directory / "mosquitto.conf"),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    _, writer = await asyncio.open_connection(self.host, self.port)
+                except OSError:
+                    await asyncio.sleep(0.05)
+                    continue
+                writer.close()
+                await writer.wait_closed()
+                return
+
+    async def stop(self) -> None:
+        """Stop cleanly (SIGTERM): Mosquitto writes its persistence file on the way out."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.terminate()
+            await self.process.wait()
+        self.process = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import asyncpg
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,7 +20,9 @@ from plantpulse.config import Settings
 from plantpulse.db import make_engine, make_sessionmaker
 from plantpulse.errors import install_error_handlers
 from plantpulse.health.router import router as health_router
+from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.state import Resources
+from plantpulse.telemetry.writer import BatchWriter
 
 log = logging.getLogger("plantpulse")
 
@@ -55,6 +58,14 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
         engine = make_engine(settings.database)
         stack.push_async_callback(engine.dispose)
+        # min_size=0: start even when the database is down; /ready reports it.
+        pg = await asyncpg.create_pool(
+            settings.database.asyncpg_dsn,
+            min_size=0,
+            max_size=settings.ingest.writer_connections + 4,
+        )
+        stack.push_async_callback(pg.close)
+        catalog = MachineCatalog(pg)
         redis: Redis | None = None
         revocations: RevocationStore = MemoryRevocationStore()
         if settings.redis.url:
@@ -70,6 +81,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             redis=redis,
             revocations=revocations,
             timescale=timescale.TimescaleInfo(version=None, license=None),
+            pg=pg,
+            catalog=catalog,
+            writer=BatchWriter(pg, catalog),
         )
         await _detect_timescale(resources)
         yield resources

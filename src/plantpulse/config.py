@@ -57,6 +57,24 @@ class MqttSettings(BaseModel):
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
 
 
+class IngestSettings(BaseModel):
+    """Limits and batching shared by HTTP and MQTT ingest."""
+
+    max_payload_bytes: int = Field(default=1_048_576, ge=1024)
+    max_readings_per_request: int = Field(default=10_000, ge=1)
+    # Readings stamped further than this into the future are rejected (clock skew allowance).
+    future_skew_seconds: float = Field(default=300.0, ge=0)
+    # Unknown machine ids are rejected unless this is on; then they are registered on sight.
+    auto_register_machines: bool = False
+    # The MQTT writer flushes when either limit is reached (defaults from docs/ingest.md).
+    batch_max_readings: int = Field(default=5_000, ge=1)
+    batch_max_delay_ms: int = Field(default=50, ge=1)
+    # Messages held between the MQTT callback and the writer; when full, we stop reading
+    # from the broker (it keeps the rest) instead of dropping.
+    queue_max_messages: int = Field(default=20_000, ge=10)
+    writer_connections: int = Field(default=2, ge=1, le=32)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PLANTPULSE_",
@@ -71,6 +89,7 @@ class Settings(BaseSettings):
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
     mqtt: MqttSettings = MqttSettings()
+    ingest: IngestSettings = IngestSettings()
 
     @model_validator(mode="after")
     def _refuse_example_secret(self) -> Settings:

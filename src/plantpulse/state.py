@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
+import asyncpg
 from fastapi import Depends
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
@@ -12,6 +13,8 @@ from starlette.requests import HTTPConnection
 
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
+from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.telemetry.writer import BatchWriter
 from plantpulse.timescale import TimescaleInfo
 
 
@@ -23,6 +26,10 @@ class Resources:
     redis: Redis | None
     revocations: RevocationStore
     timescale: TimescaleInfo
+    # Raw asyncpg for the hot paths (ingest COPY, bulk queries, export); SQLAlchemy elsewhere.
+    pg: asyncpg.Pool
+    catalog: MachineCatalog
+    writer: BatchWriter
     # Capabilities started by the lifespan register their handles here (ingest pipeline, hub...).
     extras: dict[str, Any] = field(default_factory=dict)
 

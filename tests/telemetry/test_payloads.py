@@ -1,0 +1,185 @@
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from plantpulse.telemetry.payloads import (
+    Clock,
+    PayloadError,
+    gateway_batch,
+    parse_timestamp,
+    single_device,
+)
+
+NOW = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+CLOCK = Clock(now=NOW, future_skew=timedelta(seconds=300))
+M1 = uuid.UUID(int=1)
+M2 = uuid.UUID(int=2)
+
+
+class TestTimestamps:
+    @pytest.mark.parametrize(
+        ("value", "expected"),
+        [
+            ("2024-01-15T10:30:00Z", NOW),
+            ("2024-01-15T11:30:00+01:00", NOW),
+            (1705314600, NOW),
+            (1705314600.0, NOW),
+            (1705314600000, NOW),
+            (1705314600123, NOW + timedelta(milliseconds=123)),
+            (0, datetime(1970, 1, 1, tzinfo=UTC)),
+        ],
+    )
+    def test_accepted_forms(self, value: object, expected: datetime) -> None:
+        assert parse_timestamp(value, CLOCK) == expected
+
+    @pytest.mark.parametrize(
+        ("value", "reason"),
+        [
+            ("2024-01-15T10:30:00", "no UTC offset"),
+            ("yesterday", "not ISO 8601"),
+            (True, "ISO 8601 or epoch"),
+            (-1, "non-negative"),
+            (math.inf, "finite"),
+            ({"a": 1}, "ISO 8601 or epoch"),
+            (1e20, "out of range"),
+        ],
+    )
+    def test_rejected_forms(self, value: object, reason: str) -> None:
+        with pytest.raises(ValueError, match=reason):
+            parse_timestamp(value, CLOCK)
+
+    def test_future_skew_boundary(self) -> None:
+        assert parse_timestamp((NOW + timedelta(seconds=300)).isoformat(), CLOCK)
+        with pytest.raises(ValueError, match="in the future"):
+            parse_timestamp((NOW + timedelta(seconds=301)).isoformat(), CLOCK)
+
+
+class TestSingleDevice:
+    def test_data_shape_with_timestamp(self) -> None:
+        parsed = single_device(
+            {
+                "timestamp": "2024-01-15T10:00:00Z",
+                "data": {"temperature": 23.5, "rpm": 1500},
+                "metadata": {"firmware": "1.2"},
+            },
+            machine_id=M1,
+            clock=CLOCK,
+        )
+        at = datetime(2024, 1, 15, 10, tzinfo=UTC)
+        assert parsed.rows == [(at, M1, "temperature", 23.5), (at, M1, "rpm", 1500.0)]
+        assert parsed.rejected == []
+
+    def test_flat_shape_without_timestamp_takes_server_time(self) -> None:
+        parsed = single_device({"temperature": 72.5}, machine_id=M1, clock=CLOCK)
+        assert parsed.rows == [(NOW, M1, "temperature", 72.5)]
+
+    def test_readings_list_mixes_good_and_bad(self) -> None:
+        parsed = single_device(
+            {
+                "timestamp": 1705314000,
+                "readings": [
+                    {"temperature": 1.0},
+                    {"timestamp": "soon", "temperature": 2.0},
+                    {"temperature": "hot", "pressure": 3.0},
+                    {"temperature": None},
+                    "not an object",
+                ],
+            },
+            machine_id=M1,
+            clock=CLOCK,
+        )
+        base = datetime.fromtimestamp(1705314000, UTC)
+        assert parsed.rows == [(base, M1, "temperature", 1.0), (base, M1, "pressure", 3.0)]
+        assert [(r.where, r.reason) for r in parsed.rejected] == [
+            ("readings[1].timestamp", "timestamp 'soon' is not ISO 8601"),
+            ("readings[2].temperature", "value of 'temperature' is not a number"),
+            ("readings[3]", "the reading has no numeric metric"),
+            ("readings[4]", "a reading must be a JSON object"),
+        ]
+
+    def test_non_finite_and_boolean_values_are_rejected(self) -> None:
+        parsed = single_device(
+            {"a": math.nan, "b": math.inf, "c": True, "d": 4}, machine_id=M1, clock=CLOCK
+        )
+        assert [r[2] for r in parsed.rows] == ["d"]
+        assert len(parsed.rejected) == 3
+
+    def test_bad_metric_name_is_rejected(self) -> None:
+        parsed = single_device({"bad name": 1, "x" * 65: 2, "ok": 3}, machine_id=M1, clock=CLOCK)
+        assert [r[2] for r in parsed.rows] == ["ok"]
+        assert len(parsed.rejected) == 2
+
+    @pytest.mark.parametrize("payload", [[1, 2], "x", 5, {"data": [1]}, {"readings": {}}])
+    def test_wrong_shapes_raise(self, payload: object) -> None:
+        with pytest.raises(PayloadError):
+            single_device(payload, machine_id=M1, clock=CLOCK)
+
+
+class TestGatewayBatch:
+    def test_the_documented_example(self) -> None:
+        parsed = gateway_batch(
+            {
+                "gateway_id": "Gateway-001",
+                "timestamp": "2024-01-15T10:30:00Z",
+                "batch": [
+                    {
+                        "machine_id": str(M1),
+                        "sensor_type": "Temperature",
+                        "location": "Factory A",
+                        "readings": [
+                            {
+                                "timestamp": "2024-01-15T10:30:00Z",
+                                "temperature": 72.5,
+                                "pressure": 101.3,
+                                "speed": 1500,
+                            }
+                        ],
+                    }
+                ],
+            },
+            clock=CLOCK,
+        )
+        assert parsed.rows == [
+            (NOW, M1, "temperature", 72.5),
+            (NOW, M1, "pressure", 101.3),
+            (NOW, M1, "speed", 1500.0),
+        ]
+
+    def test_reading_without_timestamp_takes_the_batch_time(self) -> None:
+        earlier = NOW - timedelta(hours=1)
+        parsed = gateway_batch(
+            {
+                "timestamp": earlier.isoformat(),
+                "batch": [{"machine_id": str(M2), "readings": [{"speed": 1}]}],
+            },
+            clock=CLOCK,
+        )
+        assert parsed.rows == [(earlier, M2, "speed", 1.0)]
+
+    def test_bad_entries_are_rejected_and_good_ones_kept(self) -> None:
+        parsed = gateway_batch(
+            {
+                "batch": [
+                    {"machine_id": "nope", "readings": [{"a": 1}]},
+                    {"machine_id": str(M1), "readings": "x"},
+                    7,
+                    {"machine_id": str(M2), "readings": [{"a": 1}]},
+                ]
+            },
+            clock=CLOCK,
+        )
+        assert parsed.rows == [(NOW, M2, "a", 1.0)]
+        assert [r.where for r in parsed.rejected] == [
+            "batch[0].machine_id",
+            "batch[1].readings",
+            "batch[2]",
+        ]
+
+    @pytest.mark.parametrize("payload", [[], {"batch": {}}, {"no": "batch"}])
+    def test_wrong_shapes_raise(self, payload: object) -> None:
+        with pytest.raises(PayloadError):
+            gateway_batch(payload, clock=CLOCK)

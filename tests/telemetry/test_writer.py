@@ -1,0 +1,88 @@
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.telemetry.writer import BatchWriter, CommittedBatch
+from tests.conftest import MachineFactory
+
+T0 = datetime(2024, 1, 15, 10, tzinfo=UTC)
+
+
+def writer_for(pool: asyncpg.Pool) -> tuple[BatchWriter, MachineCatalog]:
+    catalog = MachineCatalog(pool)
+    return BatchWriter(pool, catalog), catalog
+
+
+async def stored(pool: asyncpg.Pool, machine_id: uuid.UUID) -> list[tuple[object, ...]]:
+    rows = await pool.fetch(
+        "SELECT time, metric, value, valid FROM readings WHERE machine_id = $1 "
+        "ORDER BY time, metric",
+        machine_id,
+    )
+    return [tuple(r) for r in rows]
+
+
+class TestBatchWriter:
+    async def test_writes_rows_and_counts_duplicates(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [(T0 + timedelta(seconds=i), machine, "temp", float(i)) for i in range(100)]
+        first = await writer.write(rows, source="test")
+        assert (first.received, first.inserted, first.duplicates) == (100, 100, 0)
+        # The same readings again, plus duplicates inside one batch: stored once.
+        again = await writer.write(rows + rows[:10], source="test")
+        assert (again.inserted, again.duplicates) == (0, 110)
+        assert len(await stored(pg_pool, machine)) == 100
+
+    async def test_discovers_metrics_and_touches_last_seen(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        await writer.write([(T0, machine, "temp", 1.0), (T0, machine, "rpm", 2.0)], source="t")
+        names = await pg_pool.fetch(
+            "SELECT name FROM machine_metrics WHERE machine_id = $1 ORDER BY name", machine
+        )
+        assert [r["name"] for r in names] == ["rpm", "temp"]
+        assert await pg_pool.fetchval("SELECT last_seen_at FROM machines WHERE id = $1", machine)
+
+    async def test_values_outside_the_plausible_range_are_stored_invalid(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        await pg_pool.execute(
+            "INSERT INTO machine_metrics (machine_id, name, min_value, max_value) "
+            "VALUES ($1, 'temp', 0, 100)",
+            machine,
+        )
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [
+            (T0, machine, "temp", -0.5),
+            (T0 + timedelta(seconds=1), machine, "temp", 0.0),
+            (T0 + timedelta(seconds=2), machine, "temp", 100.0),
+            (T0 + timedelta(seconds=3), machine, "temp", 100.5),
+        ]
+        await writer.write(rows, source="test")
+        assert [r[3] for r in await stored(pg_pool, machine)] == [False, True, True, False]
+
+    async def test_listeners_hear_only_committed_batches(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        heard: list[CommittedBatch] = []
+        writer.listeners.append(heard.append)
+        await writer.write([(T0, machine, "temp", 1.0)], source="mqtt")
+        assert len(heard) == 1
+        assert heard[0].source == "mqtt"
+        assert heard[0].rows == [(T0, machine, "temp", 1.0, True)]
