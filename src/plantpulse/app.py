@@ -22,6 +22,7 @@ from plantpulse.errors import install_error_handlers
 from plantpulse.health.router import router as health_router
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.state import Resources
+from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import BatchWriter
 
 log = logging.getLogger("plantpulse")
@@ -84,6 +85,7 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             pg=pg,
             catalog=catalog,
             writer=BatchWriter(pg, catalog),
+            live=LiveConfig.from_settings(settings),
         )
         await _detect_timescale(resources)
         yield resources

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import secrets
 import sys
@@ -13,6 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from plantpulse import __version__
+
+# Modules under plantpulse/bench/ that provide `register(subparsers)`.
+BENCHMARKS: list[str] = []
 
 
 def _fail(message: str) -> int:
@@ -166,6 +170,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="do nothing when an active management account already exists",
     )
     admin.set_defaults(func=cmd_create_admin)
+
+    bench = sub.add_parser(
+        "bench", help="measure throughput and latency (writes docs/benchmarks.md)"
+    )
+    benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    # Each benchmark module adds its own subcommand: register(benches) -> sets func.
+    for module in BENCHMARKS:
+        importlib.import_module(f"plantpulse.bench.{module}").register(benches)
     return parser
 
 

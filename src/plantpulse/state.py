@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import BatchWriter
 from plantpulse.timescale import TimescaleInfo
 
@@ -30,6 +31,7 @@ class Resources:
     pg: asyncpg.Pool
     catalog: MachineCatalog
     writer: BatchWriter
+    live: LiveConfig
     # Capabilities started by the lifespan register their handles here (ingest pipeline, hub...).
     extras: dict[str, Any] = field(default_factory=dict)
 
