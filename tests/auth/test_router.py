@@ -465,3 +465,12 @@ class TestTokenValidation:
         user.deleted_at = datetime.now(UTC)
         response = await client.get("/api/v1/auth/me", headers=bearer(token))
         assert response.status_code == 401
+
+
+class TestInternalMailDomains:
+    async def test_a_dot_local_address_is_accepted(self, client: AsyncClient) -> None:
+        response = await client.post(
+            "/api/v1/auth/register",
+            json={"username": "plantop", "email": "op@plant.local", "password": PASSWORD},
+        )
+        assert response.status_code == 201, response.text

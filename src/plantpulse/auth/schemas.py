@@ -3,12 +3,18 @@ from __future__ import annotations
 import uuid
 from typing import Literal
 
+import email_validator
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from plantpulse.auth.permissions import Permission, Role
 from plantpulse.schemas import UtcDatetime
 
 MIN_PASSWORD_LENGTH = 8
+
+# Plant networks often use internal ".local" mail domains; email-validator rejects them as
+# special-use unless removed from this list (its documented way to allow one).
+if "local" in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+    email_validator.SPECIAL_USE_DOMAIN_NAMES.remove("local")
 
 Username = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
 
