@@ -9,8 +9,12 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
 from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
+from swagger_ui_bundle import swagger_ui_path
 
 from plantpulse import __version__, timescale
 from plantpulse.auth.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
@@ -91,6 +95,28 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         yield resources
 
 
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI served from the installed package, not a CDN: plant networks are often offline."""
+    app.mount("/docs-assets", StaticFiles(directory=str(swagger_ui_path)), name="docs-assets")
+    redirect = "/docs/oauth2-redirect"
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title="PlantPulse API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+            oauth2_redirect_url=redirect,
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get(redirect, include_in_schema=False)
+    async def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -104,9 +130,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        swagger_ui_parameters={"persistAuthorization": True},
+        docs_url=None,
+        redoc_url=None,
     )
     install_error_handlers(app)
+    _install_docs(app)
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(users_router)

@@ -72,3 +72,22 @@ class TestReadinessFailures:
         assert status == 200
         assert body["status"] == "degraded"
         assert body["redis"]["status"] == "down"  # type: ignore[index]
+
+
+class TestDocs:
+    async def test_docs_page_uses_local_assets(self, client: AsyncClient) -> None:
+        page = await client.get("/docs")
+        assert page.status_code == 200
+        assert "/docs-assets/swagger-ui-bundle.js" in page.text
+        assert "cdn" not in page.text.lower()
+        script = await client.get("/docs-assets/swagger-ui-bundle.js")
+        assert script.status_code == 200
+        assert len(script.content) > 100_000
+        assert (await client.get("/docs/oauth2-redirect")).status_code == 200
+
+    async def test_openapi_login_accepts_json_and_form(self, client: AsyncClient) -> None:
+        spec = (await client.get("/openapi.json")).json()
+        content = spec["paths"]["/api/v1/auth/login"]["post"]["requestBody"]["content"]
+        assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
+        flows = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
+        assert flows["password"]["tokenUrl"] == "/api/v1/auth/login"

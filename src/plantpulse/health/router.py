@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -8,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from sqlalchemy import text
 
-from plantpulse import __version__
+from plantpulse import __version__, timescale
 from plantpulse.state import AppResources
 
 router = APIRouter(tags=["health"])
@@ -95,8 +96,13 @@ def _mqtt(resources: AppResources) -> Component:
 async def ready(resources: AppResources) -> JSONResponse:
     """Readiness of database, TimescaleDB, Redis and MQTT broker; 503 when the database is down."""
     database, redis = await asyncio.gather(_database(resources), _redis(resources))
+    if database.status == "up" and not resources.timescale.installed:
+        # The database may have been down at start-up, or the extension added since.
+        with contextlib.suppress(Exception):
+            async with resources.engine.connect() as conn:
+                resources.timescale = await timescale.detect(conn)
     ts = resources.timescale
-    timescale = Component(
+    timescale_component = Component(
         status="up" if ts.installed else "disabled",
         detail=None if ts.installed else "plain PostgreSQL: readings are a regular table",
         info={"version": ts.version, "license": ts.license, "edition": ts.edition},
@@ -111,7 +117,7 @@ async def ready(resources: AppResources) -> JSONResponse:
     body = Readiness(
         status=overall,
         database=database,
-        timescaledb=timescale,
+        timescaledb=timescale_component,
         redis=redis,
         mqtt=mqtt,
         revocation_store="redis" if resources.revocations.kind == "redis" else "memory",
