@@ -116,6 +116,21 @@ def _install_docs(app: FastAPI) -> None:
     async def oauth2_redirect() -> HTMLResponse:
         return get_swagger_ui_oauth2_redirect_html()
 
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # House style: a route's one-line docstring is its summary in /docs.
+        if app.openapi_schema is None:
+            schema = generate()
+            for item in schema.get("paths", {}).values():
+                for operation in item.values():
+                    description = operation.get("description")
+                    if isinstance(description, str) and description.strip():
+                        operation["summary"] = description.strip().splitlines()[0].rstrip(".")
+        return app.openapi_schema or generate()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()

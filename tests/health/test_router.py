@@ -91,3 +91,9 @@ class TestDocs:
         assert set(content) == {"application/json", "application/x-www-form-urlencoded"}
         flows = spec["components"]["securitySchemes"]["OAuth2PasswordBearer"]["flows"]
         assert flows["password"]["tokenUrl"] == "/api/v1/auth/login"
+
+    async def test_route_docstrings_are_the_summaries(self, client: AsyncClient) -> None:
+        spec = (await client.get("/openapi.json")).json()
+        assert spec["paths"]["/health"]["get"]["summary"] == (
+            "Liveness: the process answers. Checks no dependency"
+        )
