@@ -633,6 +633,7 @@ class TestMetrics:
             '{"max_value": Infinity}',
             '{"min_value": 1e400}',
             '{"min_value": "low"}',
+            '{"min_value": true}',
             '{"unit": ""}',
             '{"unit": "' + "x" * 33 + '"}',
             '{"colour": "red"}',
@@ -807,3 +808,77 @@ class TestCatalogInvalidation:
         )
         assert response.status_code == 204, response.text
         assert await resources.catalog.known([machine_id]) == set()
+
+
+class TestNoServerErrors:
+    """Odd input gets a 4xx envelope, never a 500."""
+
+    @pytest.mark.parametrize(
+        ("method", "path", "kwargs"),
+        [
+            ("POST", "", {"content": "hello", "headers": {"Content-Type": "text/plain"}}),
+            ("POST", "", {"json": {"name": "x" * 100_000}}),
+            ("POST", "", {"json": {"name": "ok", "labels": {"k": "\x00"}}}),
+            ("POST", "", {"json": {"name": "ok", "labels": []}}),
+            ("POST", "", {"json": {"name": "ok", "tags": "not-a-list"}}),
+            ("POST", "", {"json": {"name": 123}}),
+            (
+                "POST",
+                "",
+                {
+                    "content": '{"name": "ok", "description": "\\ud800"}',
+                    "headers": {"Content-Type": "application/json"},
+                },
+            ),
+            ("GET", "", {"params": {"limit": "abc"}}),
+            ("GET", "", {"params": {"sort": ""}}),
+            ("GET", "", {"params": {"tag": "x" * 65}}),
+            ("PATCH", "/{m}", {"json": {"name": 123}}),
+            ("PATCH", "/{m}", {"json": {"labels": {"k": 1.5}}}),
+            ("PATCH", "/{m}/metrics/température", {"json": {}}),
+            ("PUT", "/{m}/metrics/ok", {"json": []}),
+            ("PUT", "/{m}/metrics/ok", {"json": {"min_value": True}}),
+            ("DELETE", "/not-a-uuid", {}),
+        ],
+    )
+    async def test_odd_requests_are_4xx(
+        self,
+        client: AsyncClient,
+        manager: dict[str, str],
+        make_machine: MachineMaker,
+        method: str,
+        path: str,
+        kwargs: dict[str, Any],
+    ) -> None:
+        machine = await make_machine()
+        headers = {**manager, **kwargs.pop("headers", {})}
+        response = await client.request(
+            method, API + path.format(m=machine.id), headers=headers, **kwargs
+        )
+        assert 400 <= response.status_code < 500, response.text
+        assert set(response.json()) >= {"error", "detail", "status"}
+
+    @pytest.mark.parametrize("q", ["\\", "' OR 1=1 --", "%_%", "a\\%"])
+    async def test_search_text_is_data(
+        self, client: AsyncClient, operator: dict[str, str], make_machine: MachineMaker, q: str
+    ) -> None:
+        await make_machine("plain")
+        response = await client.get(API, headers=operator, params={"q": q})
+        assert response.status_code == 200, response.text
+        assert response.json()["total"] == 0
+
+    async def test_labels_written_by_other_means_still_read(
+        self,
+        client: AsyncClient,
+        db: AsyncSession,
+        operator: dict[str, str],
+        make_machine: MachineMaker,
+    ) -> None:
+        machine_id = (await make_machine()).id
+        await db.execute(
+            text("""UPDATE machines SET labels = '{"floor": 2}' WHERE id = :m"""), {"m": machine_id}
+        )
+        db.expire_all()
+        response = await client.get(f"{API}/{machine_id}", headers=operator)
+        assert response.status_code == 200, response.text
+        assert response.json()["labels"] == {"floor": 2}

@@ -5,7 +5,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plantpulse.machines import service
+from plantpulse.machines import security, service
 from plantpulse.machines.schemas import MachineCreate, MachineUpdate
 from tests.machines.conftest import MachineMaker, add_readings, count_readings
 
@@ -56,3 +56,30 @@ class TestUniqueNames:
         assert (await service.get_machine_detail(db, other_id)).name == "other"
         machines, total = await service.list_machines(db, q="taken")
         assert (total, [m.name for m in machines]) == (1, ["taken"])
+
+
+class TestApiKeyPrefixCollision:
+    async def test_a_colliding_prefix_is_drawn_again(
+        self, db: AsyncSession, make_machine: MachineMaker, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        first = await make_machine()
+        second_id = (await make_machine()).id
+        taken = await service.issue_api_key(db, machine_id=first.id)
+        taken_prefix = security.prefix_of(taken)
+        real_new_api_key = security.new_api_key
+        draws: list[str] = []
+
+        def colliding_first() -> tuple[str, str, str]:
+            key, prefix, key_hash = real_new_api_key()
+            if not draws:
+                assert taken_prefix is not None
+                key = key.replace(prefix, taken_prefix, 1)
+                prefix, key_hash = taken_prefix, security.hash_api_key(key)
+            draws.append(prefix)
+            return key, prefix, key_hash
+
+        monkeypatch.setattr(security, "new_api_key", colliding_first)
+        key = await service.issue_api_key(db, machine_id=second_id)
+        assert len(draws) == 2
+        assert (await service.machine_for_api_key(db, key)).id == second_id
+        assert (await service.machine_for_api_key(db, taken)).id == first.id

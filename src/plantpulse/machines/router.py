@@ -4,7 +4,7 @@ import uuid
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Path, Query, Response, status
-from pydantic import AfterValidator
+from pydantic import AfterValidator, StringConstraints
 
 from plantpulse.auth.dependencies import Principal, require
 from plantpulse.auth.permissions import Permission
@@ -59,7 +59,7 @@ def _storable(value: str | None) -> str | None:
 
 Filter = Annotated[str | None, Query(max_length=128), AfterValidator(_storable)]
 TagFilter = Annotated[
-    list[Annotated[str, AfterValidator(storable)]] | None,
+    list[Annotated[str, StringConstraints(max_length=64), AfterValidator(storable)]] | None,
     Query(max_length=MAX_TAGS, description="Machines carrying all of these tags (repeatable)"),
 ]
 Name = Annotated[MetricName, Path(max_length=64, description="Metric name")]

@@ -72,7 +72,8 @@ def _metric_name(value: str) -> str:
 
 
 MetricName = Annotated[str, AfterValidator(_metric_name)]
-FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+# Strict: true/false and numeric strings are not numbers here.
+FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
 def _unique_tags(tags: list[str]) -> list[str]:
@@ -176,7 +177,8 @@ class MachineRead(BaseModel):
     )
     description: str | None
     tags: list[str]
-    labels: dict[str, str]
+    # Read leniently: labels written by other means than this API may hold any JSON.
+    labels: dict[str, Any]
     last_seen_at: UtcDatetime | None = Field(
         description="When ingest last stored a reading of this machine (updated every few seconds)"
     )

@@ -272,12 +272,21 @@ async def machine_stats(session: AsyncSession) -> MachineStats:
 async def issue_api_key(session: AsyncSession, *, machine_id: uuid.UUID) -> str:
     """Issue (or rotate) the machine's API key; the previous key stops working."""
     machine = await get_machine(session, machine_id)
-    key, prefix, key_hash = security.new_api_key()
-    machine.api_key_prefix = prefix
-    machine.api_key_hash = key_hash
-    machine.api_key_created_at = utcnow()
-    await session.flush()
-    return key
+    for attempt in range(3):
+        key, prefix, key_hash = security.new_api_key()
+        try:
+            # The lookup prefix is unique and random: on the rare collision, draw again.
+            async with session.begin_nested():
+                machine.api_key_prefix = prefix
+                machine.api_key_hash = key_hash
+                machine.api_key_created_at = utcnow()
+        except IntegrityError:
+            if attempt == 2:
+                raise
+            machine = await get_machine_detail(session, machine_id)
+            continue
+        return key
+    raise AssertionError("unreachable")
 
 
 async def machine_for_api_key(session: AsyncSession, key: str) -> Machine:
@@ -343,7 +352,13 @@ async def put_metric(
         .on_conflict_do_update(index_elements=["machine_id", "name"], set_=values)
         .returning(MachineMetric)
     )
-    metric = await session.scalar(statement, execution_options={"populate_existing": True})
+    try:
+        async with session.begin_nested():
+            metric = await session.scalar(statement, execution_options={"populate_existing": True})
+    except IntegrityError:
+        if await session.scalar(select(Machine.id).where(Machine.id == machine_id)) is None:
+            raise MachineNotFound(f"machine {machine_id} does not exist") from None
+        raise
     assert metric is not None  # noqa: S101 - an upsert always returns its row
     return metric, not existed
 
@@ -394,11 +409,18 @@ async def _add_members(
     if not machine_ids:
         return
     await _require_machines(session, machine_ids)
-    await session.execute(
+    statement = (
         insert(members)
         .values([{"group_id": group_id, "machine_id": m} for m in sorted(set(machine_ids))])
         .on_conflict_do_nothing()
     )
+    try:
+        async with session.begin_nested():
+            await session.execute(statement)
+    except IntegrityError:
+        # A machine was deleted since the check: name it.
+        await _require_machines(session, machine_ids)
+        raise
 
 
 async def create_group(session: AsyncSession, *, data: GroupCreate) -> MachineGroup:
