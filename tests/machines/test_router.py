@@ -733,10 +733,12 @@ class TestStats:
             text("UPDATE machines SET last_seen_at = now() - interval '1 minute' WHERE id = :m"),
             {"m": a.id},
         )
+        # Well inside and outside the hour, so a slow run can't move them across its edge.
+        now = datetime.now(UTC)
         await add_readings(
             db,
             a.id,
-            [NOW - timedelta(minutes=10), NOW - timedelta(minutes=59), NOW - timedelta(hours=2)],
+            [now - timedelta(minutes=10), now - timedelta(minutes=45), now - timedelta(hours=2)],
         )
         response = await client.get(f"{API}/stats", headers=operator)
         assert response.status_code == 200, response.text

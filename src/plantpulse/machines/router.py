@@ -57,7 +57,9 @@ def _storable(value: str | None) -> str | None:
     return None if value is None else storable(value)
 
 
-Filter = Annotated[str | None, Query(max_length=128), AfterValidator(_storable)]
+ExactFilter = Annotated[
+    str | None, Query(max_length=128, description="Exact match"), AfterValidator(_storable)
+]
 TagFilter = Annotated[
     list[Annotated[str, StringConstraints(max_length=64), AfterValidator(storable)]] | None,
     Query(max_length=MAX_TAGS, description="Machines carrying all of these tags (repeatable)"),
@@ -109,11 +111,11 @@ async def create_machine(
 async def list_machines(
     _: ReadMachines,
     session: DbSession,
-    location: Filter = None,
+    location: ExactFilter = None,
     status: Annotated[
         list[MachineStatus] | None, Query(description="Any of these statuses (repeatable)")
     ] = None,
-    sensor_type: Filter = None,
+    sensor_type: ExactFilter = None,
     group: Annotated[
         str | None, Query(max_length=128, description="Group id or name"), AfterValidator(_storable)
     ] = None,
