@@ -25,6 +25,8 @@ from plantpulse.db import make_engine, make_sessionmaker
 from plantpulse.errors import install_error_handlers
 from plantpulse.health.router import router as health_router
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.machines.router import groups_router
+from plantpulse.machines.router import router as machines_router
 from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import BatchWriter
@@ -153,4 +155,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(machines_router)
+    app.include_router(groups_router)
     return app

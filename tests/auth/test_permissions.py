@@ -36,6 +36,24 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/users/{user_id}", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/deactivate", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/activate", P.users_manage),
+    ("POST", "/api/v1/machines", P.machines_write),
+    ("GET", "/api/v1/machines", P.machines_read),
+    ("GET", "/api/v1/machines/stats", P.machines_read),
+    ("GET", "/api/v1/machines/{machine_id}", P.machines_read),
+    ("PATCH", "/api/v1/machines/{machine_id}", P.machines_write),
+    ("DELETE", "/api/v1/machines/{machine_id}", P.machines_delete),
+    ("PATCH", "/api/v1/machines/{machine_id}/status", P.machines_write),
+    ("POST", "/api/v1/machines/{machine_id}/api-key", P.machines_write),
+    ("GET", "/api/v1/machines/{machine_id}/metrics", P.machines_read),
+    ("PATCH", "/api/v1/machines/{machine_id}/metrics/{name}", P.machines_write),
+    ("PUT", "/api/v1/machines/{machine_id}/metrics/{name}", P.machines_write),
+    ("POST", "/api/v1/groups", P.machines_write),
+    ("GET", "/api/v1/groups", P.machines_read),
+    ("GET", "/api/v1/groups/{group_id}", P.machines_read),
+    ("PATCH", "/api/v1/groups/{group_id}", P.machines_write),
+    ("DELETE", "/api/v1/groups/{group_id}", P.machines_write),
+    ("POST", "/api/v1/groups/{group_id}/machines", P.machines_write),
+    ("DELETE", "/api/v1/groups/{group_id}/machines/{machine_id}", P.machines_write),
 ]
 
 
@@ -48,6 +66,7 @@ def _concrete(path: str) -> str:
         .replace("{rule_id}", str(ANY))
         .replace("{alert_id}", str(ANY))
         .replace("{key}", "x")
+        .replace("{name}", "temperature")
     )
 
 

@@ -59,8 +59,15 @@ class Machine(UUIDPrimaryKey, Timestamps, Base):
     api_key_created_at: Mapped[datetime | None]
 
     groups: Mapped[list[MachineGroup]] = relationship(
-        secondary=group_members, back_populates="machines", lazy="raise"
+        secondary=group_members,
+        back_populates="machines",
+        lazy="raise",
+        order_by="MachineGroup.name",
     )
+
+    @property
+    def has_api_key(self) -> bool:
+        return self.api_key_hash is not None
 
 
 class MachineGroup(UUIDPrimaryKey, Timestamps, Base):
@@ -70,7 +77,7 @@ class MachineGroup(UUIDPrimaryKey, Timestamps, Base):
     description: Mapped[str | None] = mapped_column(Text)
 
     machines: Mapped[list[Machine]] = relationship(
-        secondary=group_members, back_populates="groups", lazy="raise"
+        secondary=group_members, back_populates="groups", lazy="raise", order_by="Machine.name"
     )
 
 
