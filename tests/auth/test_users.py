@@ -50,6 +50,15 @@ class TestListUsers:
         assert response.status_code == 422
         assert len(response.json()["errors"]) == 2
 
+    async def test_huge_offset_is_422_not_an_overflow(
+        self, client: AsyncClient, make_user: UserFactory, auth_headers: Headers
+    ) -> None:
+        manager = await make_user(Role.management)
+        response = await client.get(
+            "/api/v1/users?offset=100000000000000000000", headers=auth_headers(manager)
+        )
+        assert response.status_code == 422
+
 
 class TestUpdateUser:
     async def test_update_role_and_department(

@@ -198,7 +198,7 @@ async def list_users(
     role: Role | None = None,
     is_active: bool | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> Page[UserRead]:
     """List users, filtered by role and active state, oldest first."""
     users, total = await service.list_users(
