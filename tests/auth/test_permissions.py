@@ -36,6 +36,8 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/users/{user_id}", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/deactivate", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/activate", P.users_manage),
+    ("GET", "/api/v1/ingest/dead-letters", P.ingest_admin),
+    ("GET", "/api/v1/ingest/stats", P.ingest_admin),
 ]
 
 
