@@ -52,7 +52,7 @@ def mqtt_settings(
             reconnect_max_seconds=1.0,
             **(mqtt or {}),
         ),
-        ingest=IngestSettings(batch_max_delay_ms=20, **(ingest or {})),
+        ingest=IngestSettings(**{"batch_max_delay_ms": 20, **(ingest or {})}),
     )
 
 

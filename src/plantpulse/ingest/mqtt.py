@@ -40,7 +40,6 @@ import asyncpg
 import paho.mqtt.client as paho_mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from plantpulse.ingest import dead_letters
 from plantpulse.ingest.decoders import (
@@ -496,22 +495,29 @@ class MqttIngest:
 
     def _client(self) -> aiomqtt.Client:
         mqtt = self._settings.mqtt
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = mqtt.session_expiry_seconds
-        properties.ReceiveMaximum = mqtt.receive_maximum
+        session: dict[str, Any]
+        if mqtt.protocol == "5":
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = mqtt.session_expiry_seconds
+            properties.ReceiveMaximum = mqtt.receive_maximum
+            # Never a clean start: the session holds our subscription and every message we
+            # have not acknowledged, across restarts of this process.
+            session = {
+                "protocol": aiomqtt.ProtocolVersion.V5,
+                "clean_start": False,
+                "properties": properties,
+            }
+        else:
+            session = {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": False}
         return aiomqtt.Client(
             mqtt.host,
             mqtt.port,
             username=mqtt.username,
             password=mqtt.password.get_secret_value() if mqtt.password else None,
             identifier=mqtt.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            # Never a clean start: the session holds our subscription and every message we
-            # have not acknowledged, across restarts of this process.
-            clean_start=False,
-            properties=properties,
             keepalive=mqtt.keepalive_seconds,
             timeout=10,
+            **session,
         )
 
     @property
@@ -535,7 +541,7 @@ class MqttIngest:
             try:
                 async with client:
                     self._connected(connection)
-                    await client.subscribe(self.topic_filter, options=SubscribeOptions(qos=1))
+                    await client.subscribe(self.topic_filter, qos=1)
                     self.state.subscribed = True
                     log.info("MQTT subscribed to %s", self.topic_filter)
                     await self._until_stopped_or_lost(connection)
