@@ -124,11 +124,12 @@ def publish(
                     flush=True,
                 )
             time.sleep(min(0.005, max(0.0, (sent + 1) / rate - (time.monotonic() - started))))
+        seconds = time.monotonic() - started
     finally:
         client.loop_stop()
         client.disconnect()
     print(file=sys.stderr)
-    return sent, time.monotonic() - started
+    return sent, seconds
 
 
 def run(args: argparse.Namespace) -> int:
