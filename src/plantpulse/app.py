@@ -24,6 +24,8 @@ from plantpulse.config import Settings
 from plantpulse.db import make_engine, make_sessionmaker
 from plantpulse.errors import install_error_handlers
 from plantpulse.health.router import router as health_router
+from plantpulse.ingest.mqtt import MqttIngest
+from plantpulse.ingest.router import router as ingest_router
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.router import groups_router
 from plantpulse.machines.router import router as machines_router
@@ -94,6 +96,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             live=LiveConfig.from_settings(settings),
         )
         await _detect_timescale(resources)
+        if settings.mqtt.enabled:
+            # Entered last, so it stops first: flush and acknowledge while the pool is open.
+            await stack.enter_async_context(MqttIngest(resources).running())
         yield resources
 
 
@@ -157,4 +162,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(machines_router)
     app.include_router(groups_router)
+    app.include_router(ingest_router)
     return app

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from plantpulse import __version__
 
 # Modules under plantpulse/bench/ that provide `register(subparsers)`.
-BENCHMARKS: list[str] = []
+BENCHMARKS: list[str] = ["ingest"]
 
 
 def _fail(message: str) -> int:
@@ -133,6 +133,17 @@ def cmd_create_admin(args: argparse.Namespace) -> int:
     return asyncio.run(_create_admin(args))
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from plantpulse.ingest import simulate
+
+    try:
+        return simulate.run(args)
+    except ValidationError as exc:
+        return _fail(f"invalid settings:\n{exc}")
+    except (OSError, RuntimeError) as exc:
+        return _fail(str(exc))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="plantpulse",
@@ -170,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="do nothing when an active management account already exists",
     )
     admin.set_defaults(func=cmd_create_admin)
+
+    from plantpulse.ingest.simulate import add_arguments
+
+    simulate = sub.add_parser(
+        "simulate", help="publish realistic machine telemetry to an MQTT broker"
+    )
+    add_arguments(simulate)
+    simulate.set_defaults(func=cmd_simulate)
 
     bench = sub.add_parser(
         "bench", help="measure throughput and latency (writes docs/benchmarks.md)"

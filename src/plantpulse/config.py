@@ -55,6 +55,14 @@ class MqttSettings(BaseModel):
     session_expiry_seconds: int = Field(default=7 * 24 * 3600, ge=0)
     keepalive_seconds: int = Field(default=30, ge=5, le=3600)
     reconnect_max_seconds: float = Field(default=30.0, gt=0)
+    # "3.1.1" decodes each message ~25% faster in paho (no MQTT 5 properties to parse); the
+    # session then expires by the broker's persistent_client_expiration (docs/ingest.md).
+    protocol: Literal["3.1.1", "5"] = "5"
+    # MQTT 5 Receive Maximum: QoS 1 messages the broker may send us before we acknowledge
+    # (we acknowledge after the commit, so this bounds a batch; docs/ingest.md).
+    receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
+    # Time allowed at shutdown to flush and acknowledge what was received.
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
 
 
 class IngestSettings(BaseModel):

@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.machines.connectivity import ConnectivityFeed
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import BatchWriter
 from plantpulse.timescale import TimescaleInfo
@@ -34,6 +35,8 @@ class Resources:
     live: LiveConfig
     # Capabilities started by the lifespan register their handles here (ingest pipeline, hub...).
     extras: dict[str, Any] = field(default_factory=dict)
+    # Machine online/offline changes (MQTT status topics); realtime listens here.
+    connectivity: ConnectivityFeed = field(default_factory=ConnectivityFeed)
 
 
 def get_resources(connection: HTTPConnection) -> Resources:

@@ -54,6 +54,8 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/groups/{group_id}", P.machines_write),
     ("POST", "/api/v1/groups/{group_id}/machines", P.machines_write),
     ("DELETE", "/api/v1/groups/{group_id}/machines/{machine_id}", P.machines_write),
+    ("GET", "/api/v1/ingest/dead-letters", P.ingest_admin),
+    ("GET", "/api/v1/ingest/stats", P.ingest_admin),
 ]
 
 
