@@ -21,8 +21,12 @@ from plantpulse.db import make_engine, make_sessionmaker
 from plantpulse.errors import install_error_handlers
 from plantpulse.health.router import router as health_router
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.realtime.hub import start_hub
+from plantpulse.realtime.router import router as realtime_router
 from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
+from plantpulse.sysconfig.router import router as config_router
+from plantpulse.sysconfig.sync import start_config_sync
 from plantpulse.telemetry.writer import BatchWriter
 
 log = logging.getLogger("plantpulse")
@@ -88,6 +92,8 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             live=LiveConfig.from_settings(settings),
         )
         await _detect_timescale(resources)
+        await start_config_sync(resources, stack)
+        await start_hub(resources, stack)
         yield resources
 
 
@@ -110,4 +116,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(config_router)
+    app.include_router(realtime_router)
     return app

@@ -36,6 +36,12 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/users/{user_id}", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/deactivate", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/activate", P.users_manage),
+    ("GET", "/api/v1/config", P.config_read),
+    ("GET", "/api/v1/config/audit", P.config_read),
+    ("GET", "/api/v1/config/{key}", P.config_read),
+    ("PUT", "/api/v1/config/{key}", P.config_write),
+    # The WebSocket /api/v1/ws is not in OpenAPI; tests/realtime covers its auth.
+    ("GET", "/api/v1/stream", P.telemetry_read),
 ]
 
 
@@ -48,6 +54,8 @@ def _concrete(path: str) -> str:
         .replace("{rule_id}", str(ANY))
         .replace("{alert_id}", str(ANY))
         .replace("{key}", "x")
+        # A bad id makes the SSE route answer 422 instead of streaming forever.
+        .replace("/api/v1/stream", "/api/v1/stream?machine_ids=x")
     )
 
 

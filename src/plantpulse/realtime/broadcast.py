@@ -1,0 +1,128 @@
+"""One Redis pub/sub channel shared by every PlantPulse process.
+
+Each process publishes with its own origin id and skips its own messages when they come back,
+so a publisher that already acted locally does not act twice. Publishing never waits for Redis:
+messages go on a bounded queue that a task sends in pipelined rounds. Pub/sub is at most once:
+subscribers are told (`on_connect`) each time they (re)subscribe so they can resynchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+MAX_PER_ROUND = 200
+RECONNECT_MAX_SECONDS = 10.0
+
+
+class Broadcast:
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        *,
+        on_message: Callable[[Any], None],
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.channel = channel
+        self.origin = uuid.uuid4().hex
+        self.dropped = 0
+        self._redis = redis
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name=f"broadcast-listen:{self.channel}"),
+            asyncio.create_task(self._send(), name=f"broadcast-send:{self.channel}"),
+        ]
+        # Until the subscription is active, our own publishes could not be seen by siblings
+        # started at the same moment; wait briefly, but start anyway if Redis is down.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def publish(self, payload: Any) -> None:
+        """Queue `payload` (JSON-serialisable) for every other process; never blocks."""
+        message = json.dumps({"o": self.origin, "p": payload}, separators=(",", ":"))
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "Redis broadcast on %s falling behind: %d dropped", self.channel, self.dropped
+                )
+
+    async def _send(self) -> None:
+        while True:
+            messages = [await self._outbox.get()]
+            while len(messages) < MAX_PER_ROUND and not self._outbox.empty():
+                messages.append(self._outbox.get_nowait())
+            try:
+                if len(messages) == 1:
+                    await self._redis.publish(self.channel, messages[0])
+                else:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for message in messages:
+                            pipe.publish(self.channel, message)
+                        await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.dropped += len(messages)
+                log.warning(
+                    "Redis publish on %s failed (%s); %d dropped", self.channel, exc, len(messages)
+                )
+                await asyncio.sleep(1.0)
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._subscribed.set()
+                delay = 0.5
+                if self._on_connect is not None:
+                    await self._on_connect()
+                async for message in pubsub.listen():
+                    self._dispatch(message)
+            except (RedisError, OSError) as exc:
+                log.warning("Redis subscription to %s lost (%s); retrying", self.channel, exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        try:
+            envelope = json.loads(message["data"])
+            if envelope.get("o") == self.origin:
+                return
+            self._on_message(envelope["p"])
+        except Exception:  # one bad message must not end the subscription
+            log.exception("bad message on %s", self.channel)
