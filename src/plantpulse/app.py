@@ -13,6 +13,8 @@ from redis.asyncio import Redis
 from sqlalchemy.exc import SQLAlchemyError
 
 from plantpulse import __version__, timescale
+from plantpulse.alerts.evaluator import start_alerts
+from plantpulse.alerts.router import alerts_router, rules_router
 from plantpulse.auth.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from plantpulse.auth.router import router as auth_router
 from plantpulse.auth.router import users_router
@@ -94,6 +96,7 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         await _detect_timescale(resources)
         await start_config_sync(resources, stack)
         await start_hub(resources, stack)
+        await start_alerts(resources, stack)
         yield resources
 
 
@@ -118,4 +121,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(users_router)
     app.include_router(config_router)
     app.include_router(realtime_router)
+    app.include_router(rules_router)
+    app.include_router(alerts_router)
     return app

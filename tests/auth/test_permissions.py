@@ -42,6 +42,14 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("PUT", "/api/v1/config/{key}", P.config_write),
     # The WebSocket /api/v1/ws is not in OpenAPI; tests/realtime covers its auth.
     ("GET", "/api/v1/stream", P.telemetry_read),
+    ("GET", "/api/v1/alert-rules", P.config_read),
+    ("POST", "/api/v1/alert-rules", P.config_write),
+    ("GET", "/api/v1/alert-rules/{rule_id}", P.config_read),
+    ("PATCH", "/api/v1/alert-rules/{rule_id}", P.config_write),
+    ("DELETE", "/api/v1/alert-rules/{rule_id}", P.config_write),
+    ("GET", "/api/v1/alerts", P.alerts_read),
+    ("GET", "/api/v1/alerts/{alert_id}", P.alerts_read),
+    ("POST", "/api/v1/alerts/{alert_id}/acknowledge", P.alerts_ack),
 ]
 
 

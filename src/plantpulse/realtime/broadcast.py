@@ -43,18 +43,18 @@ class Broadcast:
         self._on_connect = on_connect
         self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
         self._tasks: list[asyncio.Task[None]] = []
-        self._subscribed = asyncio.Event()
+        self._attempted = asyncio.Event()
 
     async def start(self) -> None:
         self._tasks = [
             asyncio.create_task(self._listen(), name=f"broadcast-listen:{self.channel}"),
             asyncio.create_task(self._send(), name=f"broadcast-send:{self.channel}"),
         ]
-        # Until the subscription is active, our own publishes could not be seen by siblings
-        # started at the same moment; wait briefly, but start anyway if Redis is down.
+        # Wait for the first subscription attempt, so events published right after start-up
+        # reach the siblings; a Redis that is down (or slow) does not hold up start-up.
         with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(5):
-                await self._subscribed.wait()
+            async with asyncio.timeout(2):
+                await self._attempted.wait()
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -102,13 +102,14 @@ class Broadcast:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                self._subscribed.set()
+                self._attempted.set()
                 delay = 0.5
                 if self._on_connect is not None:
                     await self._on_connect()
                 async for message in pubsub.listen():
                     self._dispatch(message)
             except (RedisError, OSError) as exc:
+                self._attempted.set()
                 log.warning("Redis subscription to %s lost (%s); retrying", self.channel, exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):

@@ -79,6 +79,11 @@ async def set_config(
         defaults=sync.defaults,
         timescale=resources.timescale,
     )
-    # Background tasks run after the response, i.e. after DbSession committed.
-    after_commit.add_task(sync.changed, entry.key, entry.value)
+
+    # Background tasks run after the response, i.e. after DbSession committed; a coroutine,
+    # because Starlette runs plain functions in a worker thread, away from the event loop.
+    async def announce() -> None:
+        sync.changed(entry.key, entry.value)
+
+    after_commit.add_task(announce)
     return _read(entry)
