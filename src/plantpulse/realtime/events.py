@@ -13,30 +13,36 @@ from typing import Any
 from plantpulse.schemas import _utc_iso
 from plantpulse.telemetry.writer import StoredRow
 
+# One encoder for all events: json.dumps(separators=...) would build a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
 
 def _dumps(body: dict[str, Any]) -> str:
-    return json.dumps(body, separators=(",", ":"), default=str)
+    return _ENCODER.encode(body)
 
 
 class Event:
     __slots__ = ("_full", "_valid_only", "body", "has_invalid", "machine_id", "type")
 
-    def __init__(self, body: dict[str, Any]) -> None:
+    def __init__(self, body: dict[str, Any], *, machine_id: uuid.UUID | None = None) -> None:
         self.body = body
         self.type: str = body["type"]
         machine = body.get("machine_id")
-        self.machine_id = uuid.UUID(machine) if machine else None
+        self.machine_id = machine_id or (uuid.UUID(machine) if machine else None)
         valid: dict[str, bool] = body.get("valid") or {}
         self.has_invalid = not all(valid.values())
         self._full: str | None = None
         self._valid_only: str | None = None
 
+    def full_text(self) -> str:
+        if self._full is None:
+            self._full = _dumps(self.body)
+        return self._full
+
     def text(self, *, include_invalid: bool) -> str | None:
         """The JSON for a client; None when nothing is left for it to see."""
         if include_invalid or not self.has_invalid:
-            if self._full is None:
-                self._full = _dumps(self.body)
-            return self._full
+            return self.full_text()
         if self._valid_only is None:
             valid = self.body["valid"]
             metrics = {k: v for k, v in self.body["metrics"].items() if valid.get(k)}
@@ -65,7 +71,8 @@ def reading_events(rows: Iterable[StoredRow]) -> list[Event]:
                 "timestamp": _utc_iso(t),
                 "metrics": metrics,
                 "valid": flags,
-            }
+            },
+            machine_id=machine_id,
         )
         for (machine_id, t), (metrics, flags) in grouped.items()
     ]

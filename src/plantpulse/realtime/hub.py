@@ -157,7 +157,8 @@ class Hub:
         self.published += len(events)
         self._deliver(events)
         if self._broadcast is not None:
-            self._broadcast.publish([e.body for e in events])
+            # The same JSON the local clients got (cached on the event), not a second encoding.
+            self._broadcast.publish_json("[" + ",".join(e.full_text() for e in events) + "]")
 
     def _deliver(self, events: Iterable[Event]) -> None:
         every = self._all
