@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 from pydantic import SecretStr
 from redis.asyncio import Redis
+from sqlalchemy import delete
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from plantpulse.app import create_app
@@ -203,3 +204,22 @@ async def broker(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[supp
         yield broker
     finally:
         await broker.stop()
+
+
+@pytest.fixture
+async def committed_user(engine: AsyncEngine) -> AsyncIterator[UserFactory]:
+    """Users committed for real (for servers with their own sessions), deleted afterwards."""
+    created: list[uuid.UUID] = []
+
+    async def factory(role: Role = Role.operator) -> User:
+        name = f"{role}-{uuid.uuid4().hex[:10]}"
+        data = UserCreate(username=name, email=f"{name}@example.com", password=PASSWORD)
+        async with AsyncSession(engine, expire_on_commit=False) as session, session.begin():
+            user = await auth.create_user(session, data=data, role=role)
+        created.append(user.id)
+        return user
+
+    yield factory
+    if created:
+        async with AsyncSession(engine) as session, session.begin():
+            await session.execute(delete(User).where(User.id.in_(created)))

@@ -17,6 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from swagger_ui_bundle import swagger_ui_path
 
 from plantpulse import __version__, timescale
+from plantpulse.alerts.evaluator import start_alerts
+from plantpulse.alerts.router import alerts_router, rules_router
 from plantpulse.auth.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from plantpulse.auth.router import router as auth_router
 from plantpulse.auth.router import users_router
@@ -29,8 +31,12 @@ from plantpulse.ingest.router import router as ingest_router
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.router import groups_router
 from plantpulse.machines.router import router as machines_router
+from plantpulse.realtime.hub import start_hub
+from plantpulse.realtime.router import router as realtime_router
 from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
+from plantpulse.sysconfig.router import router as config_router
+from plantpulse.sysconfig.sync import start_config_sync
 from plantpulse.telemetry.writer import BatchWriter
 
 log = logging.getLogger("plantpulse")
@@ -96,6 +102,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             live=LiveConfig.from_settings(settings),
         )
         await _detect_timescale(resources)
+        await start_config_sync(resources, stack)
+        await start_hub(resources, stack)
+        await start_alerts(resources, stack)
         if settings.mqtt.enabled:
             # Entered last, so it stops first: flush and acknowledge while the pool is open.
             await stack.enter_async_context(MqttIngest(resources).running())
@@ -163,4 +172,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(machines_router)
     app.include_router(groups_router)
     app.include_router(ingest_router)
+    app.include_router(config_router)
+    app.include_router(realtime_router)
+    app.include_router(rules_router)
+    app.include_router(alerts_router)
     return app

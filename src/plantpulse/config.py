@@ -83,6 +83,39 @@ class IngestSettings(BaseModel):
     writer_connections: int = Field(default=2, ge=1, le=32)
 
 
+class RealtimeSettings(BaseModel):
+    """Live streams (WebSocket and SSE) and the event hub behind them."""
+
+    # Committed batches waiting to become events; when full, live events are dropped (counted):
+    # the readings are in the database, only the live view misses them.
+    hub_queue_batches: int = Field(default=1_000, ge=1)
+    # Events buffered per connection; a client that falls this far behind is told and closed.
+    # Above the writer's largest batch (one event per machine and timestamp), so one big
+    # gateway batch cannot by itself overflow a client that reads at full speed.
+    client_buffer_events: int = Field(default=10_000, ge=1)
+    # How often an open stream re-checks its token (revoked, expired, user deactivated).
+    auth_recheck_seconds: float = Field(default=30.0, gt=0)
+    # How long a socket may stay unauthenticated waiting for {"action": "auth"}.
+    auth_timeout_seconds: float = Field(default=10.0, gt=0)
+    sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+
+
+class AlertSettings(BaseModel):
+    # Committed batches waiting for the evaluator; when full, the batch is dropped for alerting
+    # (counted and logged), never for storage.
+    queue_batches: int = Field(default=1_000, ge=1)
+    no_data_check_seconds: float = Field(default=5.0, gt=0)
+    # Rules and group membership are re-read this often (other processes' changes included).
+    refresh_seconds: float = Field(default=30.0, gt=0)
+
+
+class SysconfigSettings(BaseModel):
+    # Without Redis, other processes' config changes are picked up by re-reading this often.
+    reload_seconds: float = Field(default=30.0, gt=0)
+    # Apache edition / plain PostgreSQL: how often old readings are removed (retention_days).
+    retention_check_seconds: float = Field(default=3600.0, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="PLANTPULSE_",
@@ -98,6 +131,9 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     mqtt: MqttSettings = MqttSettings()
     ingest: IngestSettings = IngestSettings()
+    realtime: RealtimeSettings = RealtimeSettings()
+    alerts: AlertSettings = AlertSettings()
+    sysconfig: SysconfigSettings = SysconfigSettings()
 
     @model_validator(mode="after")
     def _refuse_example_secret(self) -> Settings:

@@ -56,6 +56,20 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/groups/{group_id}/machines/{machine_id}", P.machines_write),
     ("GET", "/api/v1/ingest/dead-letters", P.ingest_admin),
     ("GET", "/api/v1/ingest/stats", P.ingest_admin),
+    ("GET", "/api/v1/config", P.config_read),
+    ("GET", "/api/v1/config/audit", P.config_read),
+    ("GET", "/api/v1/config/{key}", P.config_read),
+    ("PUT", "/api/v1/config/{key}", P.config_write),
+    # The WebSocket /api/v1/ws is not in OpenAPI; tests/realtime covers its auth.
+    ("GET", "/api/v1/stream", P.telemetry_read),
+    ("GET", "/api/v1/alert-rules", P.config_read),
+    ("POST", "/api/v1/alert-rules", P.config_write),
+    ("GET", "/api/v1/alert-rules/{rule_id}", P.config_read),
+    ("PATCH", "/api/v1/alert-rules/{rule_id}", P.config_write),
+    ("DELETE", "/api/v1/alert-rules/{rule_id}", P.config_write),
+    ("GET", "/api/v1/alerts", P.alerts_read),
+    ("GET", "/api/v1/alerts/{alert_id}", P.alerts_read),
+    ("POST", "/api/v1/alerts/{alert_id}/acknowledge", P.alerts_ack),
 ]
 
 
@@ -69,6 +83,8 @@ def _concrete(path: str) -> str:
         .replace("{alert_id}", str(ANY))
         .replace("{key}", "x")
         .replace("{name}", "temperature")
+        # A bad id makes the SSE route answer 422 instead of streaming forever.
+        .replace("/api/v1/stream", "/api/v1/stream?machine_ids=x")
     )
 
 

@@ -1,0 +1,138 @@
+"""One Redis pub/sub channel shared by every PlantPulse process.
+
+Each process publishes with its own origin id and skips its own messages when they come back,
+so a publisher that already acted locally does not act twice. Publishing never waits for Redis:
+messages go on a bounded queue that a task sends in pipelined rounds. Pub/sub is at most once:
+subscribers are told (`on_connect`) each time they (re)subscribe so they can resynchronise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger(__name__)
+
+MAX_PER_ROUND = 200
+RECONNECT_MAX_SECONDS = 10.0
+
+
+class Broadcast:
+    def __init__(
+        self,
+        redis: Redis,
+        channel: str,
+        *,
+        on_message: Callable[[Any], None],
+        on_connect: Callable[[], Awaitable[None]] | None = None,
+        queue_size: int = 10_000,
+    ) -> None:
+        self.channel = channel
+        self.origin = uuid.uuid4().hex
+        self._own = f'{{"o":"{self.origin}"'.encode()
+        self.dropped = 0
+        self._redis = redis
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._attempted = asyncio.Event()
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._listen(), name=f"broadcast-listen:{self.channel}"),
+            asyncio.create_task(self._send(), name=f"broadcast-send:{self.channel}"),
+        ]
+        # Wait for the first subscription attempt, so events published right after start-up
+        # reach the siblings; a Redis that is down (or slow) does not hold up start-up.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(2):
+                await self._attempted.wait()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    def publish(self, payload: Any) -> None:
+        """Queue `payload` (JSON-serialisable) for every other process; never blocks."""
+        self.publish_json(json.dumps(payload, separators=(",", ":")))
+
+    def publish_json(self, payload: str) -> None:
+        """`publish` for a payload that is already JSON text (saves encoding it twice)."""
+        message = f'{{"o":"{self.origin}","p":{payload}}}'
+        try:
+            self._outbox.put_nowait(message)
+        except asyncio.QueueFull:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.warning(
+                    "Redis broadcast on %s falling behind: %d dropped", self.channel, self.dropped
+                )
+
+    async def _send(self) -> None:
+        while True:
+            messages = [await self._outbox.get()]
+            while len(messages) < MAX_PER_ROUND and not self._outbox.empty():
+                messages.append(self._outbox.get_nowait())
+            try:
+                if len(messages) == 1:
+                    await self._redis.publish(self.channel, messages[0])
+                else:
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        for message in messages:
+                            pipe.publish(self.channel, message)
+                        await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.dropped += len(messages)
+                log.warning(
+                    "Redis publish on %s failed (%s); %d dropped", self.channel, exc, len(messages)
+                )
+                await asyncio.sleep(1.0)
+
+    async def _listen(self) -> None:
+        delay = 0.5
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                self._attempted.set()
+                delay = 0.5
+                if self._on_connect is not None:
+                    await self._on_connect()
+                async for message in pubsub.listen():
+                    self._dispatch(message)
+            except (RedisError, OSError) as exc:
+                self._attempted.set()
+                log.warning("Redis subscription to %s lost (%s); retrying", self.channel, exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        if message.get("type") != "message":
+            return
+        data = message["data"]
+        if isinstance(data, str):
+            data = data.encode()
+        # Our own messages come back too: recognise them without parsing the whole payload.
+        if data.startswith(self._own):
+            return
+        try:
+            envelope = json.loads(data)
+            self._on_message(envelope["p"])
+        except Exception:  # one bad message must not end the subscription
+            log.exception("bad message on %s", self.channel)

@@ -1,0 +1,122 @@
+"""Keeps `resources.live` equal to the settings stored in the database, in every process.
+
+At start-up the stored values are applied. A change made through the API is applied here at
+once and announced on Redis (`<prefix>config`) so other processes apply it too; on each
+(re)subscription the stored values are re-read in case an announcement was missed. Without
+Redis, every process re-reads the table every `sysconfig.reload_seconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from contextlib import AsyncExitStack
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from plantpulse.realtime.broadcast import Broadcast
+from plantpulse.state import Resources
+from plantpulse.sysconfig import service
+from plantpulse.sysconfig.keys import KEYS
+from plantpulse.sysconfig.live import LiveConfig
+from plantpulse.sysconfig.retention import retention_job
+
+log = logging.getLogger(__name__)
+
+EXTRA = "config_sync"
+
+
+class ConfigSync:
+    def __init__(self, resources: Resources) -> None:
+        self._resources = resources
+        # What the environment says, before anything from the database is applied.
+        self.defaults: LiveConfig = dataclasses.replace(resources.live)
+        self._broadcast: Broadcast | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def live(self) -> LiveConfig:
+        return self._resources.live
+
+    def apply(self, key: str, value: Any) -> None:
+        if key in KEYS:
+            setattr(self._resources.live, key, value)
+
+    async def reload(self) -> None:
+        try:
+            async with self._resources.sessionmaker() as session:
+                values = await service.stored_values(session)
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("could not read system settings (%s); keeping the current values", exc)
+            return
+        for key in KEYS:
+            self.apply(key, values.get(key, getattr(self.defaults, key)))
+
+    def changed(self, key: str, value: Any) -> None:
+        """A committed change: apply it here and tell the other processes."""
+        self.apply(key, value)
+        if self._broadcast is not None:
+            self._broadcast.publish({"key": key, "value": value})
+
+    def _remote(self, payload: Any) -> None:
+        key, value = payload["key"], payload["value"]
+        if key in KEYS:
+            self.apply(key, KEYS[key].validate(value))
+
+    async def _reload_forever(self, every: float) -> None:
+        while True:
+            await asyncio.sleep(every)
+            await self.reload()
+
+    async def start(self) -> None:
+        await self.reload()
+        resources = self._resources
+        settings = resources.settings
+        if resources.redis is not None:
+            self._broadcast = Broadcast(
+                resources.redis,
+                f"{settings.redis.key_prefix}config",
+                on_message=self._remote,
+                on_connect=self.reload,
+            )
+            await self._broadcast.start()
+        else:
+            self._tasks.append(
+                asyncio.create_task(self._reload_forever(settings.sysconfig.reload_seconds))
+            )
+        self._tasks.append(
+            asyncio.create_task(
+                retention_job(
+                    resources.pg,
+                    live=resources.live,
+                    timescale=resources.timescale,
+                    every_seconds=settings.sysconfig.retention_check_seconds,
+                ),
+                name="retention",
+            )
+        )
+
+    async def stop(self) -> None:
+        if self._broadcast is not None:
+            await self._broadcast.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+async def start_config_sync(resources: Resources, stack: AsyncExitStack) -> ConfigSync:
+    sync = ConfigSync(resources)
+    await sync.start()
+    stack.push_async_callback(sync.stop)
+    resources.extras[EXTRA] = sync
+    return sync
+
+
+def config_sync(resources: Resources) -> ConfigSync:
+    sync: ConfigSync = resources.extras[EXTRA]
+    return sync
