@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import importlib
 import os
 import secrets
@@ -43,6 +44,27 @@ def _alembic_config(url: str | None = None) -> object:
     raise FileNotFoundError("alembic.ini not found (run from the project directory)")
 
 
+def _log_config(level: str) -> dict[str, object]:
+    """uvicorn's logging plus our own `plantpulse.*` loggers on the same handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["plantpulse"] = {
+        "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
+    }
+    config["handlers"]["plantpulse"] = {
+        "formatter": "plantpulse",
+        "class": "logging.StreamHandler",
+        "stream": "ext://sys.stderr",
+    }
+    config["loggers"]["plantpulse"] = {
+        "handlers": ["plantpulse"],
+        "level": level,
+        "propagate": False,
+    }
+    return config
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -50,13 +72,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         settings = _load_settings()
     except ValidationError as exc:
         return _fail(f"invalid settings:\n{exc}")
-    log_level = str(getattr(settings, "log_level", "INFO")).lower()
+    log_level = str(getattr(settings, "log_level", "INFO")).upper()
     uvicorn.run(
         "plantpulse.app:create_app",
         factory=True,
         host=args.host,
         port=args.port,
-        log_level=log_level,
+        log_level=log_level.lower(),
+        log_config=_log_config(log_level),
         proxy_headers=True,
         # Give the ingest task time to flush and acknowledge what it holds.
         timeout_graceful_shutdown=args.graceful_timeout,
