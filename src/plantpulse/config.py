@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The value shipped in .env.example; accepted only in development so nobody runs production on it.
@@ -27,10 +27,17 @@ class DatabaseSettings(BaseModel):
         return self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
+def _empty_is_none(value: object) -> object:
+    # `PLANTPULSE_X=` in .env means "not set", not "the empty string".
+    return None if value == "" else value
+
+
 class RedisSettings(BaseModel):
     # Empty means "no Redis": revocations and fan-out stay in this process.
     url: str | None = "redis://127.0.0.1:6379/0"
     key_prefix: str = "plantpulse:"
+
+    _url = field_validator("url", mode="before")(_empty_is_none)
 
 
 class AuthSettings(BaseModel):
@@ -63,6 +70,10 @@ class MqttSettings(BaseModel):
     receive_maximum: int = Field(default=10_000, ge=1, le=65_535)
     # Time allowed at shutdown to flush and acknowledge what was received.
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    _optional = field_validator("username", "password", "shared_group", mode="before")(
+        _empty_is_none
+    )
 
 
 class IngestSettings(BaseModel):
