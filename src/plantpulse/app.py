@@ -23,6 +23,8 @@ from plantpulse.health.router import router as health_router
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
+from plantpulse.telemetry.cache import TelemetryCache
+from plantpulse.telemetry.router import router as telemetry_router
 from plantpulse.telemetry.writer import BatchWriter
 
 log = logging.getLogger("plantpulse")
@@ -88,6 +90,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             live=LiveConfig.from_settings(settings),
         )
         await _detect_timescale(resources)
+        telemetry_cache = TelemetryCache(redis, settings.redis.key_prefix)
+        resources.extras["telemetry_cache"] = telemetry_cache
+        resources.writer.listeners.append(telemetry_cache.on_batch)
         yield resources
 
 
@@ -110,4 +115,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health_router)
     app.include_router(auth_router)
     app.include_router(users_router)
+    app.include_router(telemetry_router)
     return app

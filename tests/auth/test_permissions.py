@@ -36,6 +36,15 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("DELETE", "/api/v1/users/{user_id}", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/deactivate", P.users_manage),
     ("POST", "/api/v1/users/{user_id}/activate", P.users_manage),
+    # The ingest routes take TelemetrySender (a bearer token needs telemetry:write; devices
+    # use X-API-Key instead, see tests/telemetry/test_ingest.py).
+    ("POST", "/api/v1/telemetry/ingest", P.telemetry_write),
+    ("POST", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_write),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_read),
+    ("DELETE", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_delete),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry/latest", P.telemetry_read),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry/export", P.telemetry_read),
+    ("GET", "/api/v1/telemetry/latest", P.telemetry_read),
 ]
 
 
