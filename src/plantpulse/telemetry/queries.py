@@ -20,7 +20,7 @@ BUCKET_ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
 # A wide export reads one window at a time: each window is sorted by time on the server,
 # so neither side ever sorts or holds the whole range.
 EXPORT_WINDOW = timedelta(days=1)
-EXPORT_PREFETCH = 2_000
+EXPORT_PREFETCH = 500
 
 Order = Literal["asc", "desc"]
 
