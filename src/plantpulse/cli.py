@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from plantpulse import __version__
 
 # Modules under plantpulse/bench/ that provide `register(subparsers)`.
-BENCHMARKS: list[str] = []
+BENCHMARKS: list[str] = ["query"]
 
 
 def _fail(message: str) -> int:

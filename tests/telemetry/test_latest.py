@@ -10,6 +10,7 @@ from httpx import AsyncClient
 
 from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
+from plantpulse.telemetry.schemas import FleetLatest, MachineLatest
 from tests.conftest import MachineFactory, UserFactory
 from tests.telemetry.support import seed
 
@@ -37,6 +38,8 @@ class TestMachineLatest:
         await seed(pg_pool, m, [(T0, "t", 1.0)])
         response = await client.get(f"/api/v1/machines/{m}/telemetry/latest", headers=operator)
         assert response.status_code == 200, response.text
+        # Built without the model on the hot path: it must still match the documented schema.
+        MachineLatest.model_validate(response.json())
         assert response.json() == {
             "machine_id": str(m),
             "name": "latest-press",
@@ -71,6 +74,7 @@ class TestFleetLatest:
         )
         assert response.status_code == 200, response.text
         body = response.json()
+        FleetLatest.model_validate(body)
         assert [(i["name"], i["metrics"]) for i in body["items"]] == [
             ("fleet-a", {"t": {"value": 1.5, "timestamp": "2024-01-15T10:00:01Z"}}),
             ("fleet-b", {"rpm": {"value": 900.0, "timestamp": "2024-01-15T10:00:00Z"}}),

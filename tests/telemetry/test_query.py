@@ -16,6 +16,7 @@ from plantpulse.auth.permissions import Role
 from plantpulse.state import Resources
 from plantpulse.telemetry import queries
 from plantpulse.telemetry.cache import TelemetryCache
+from plantpulse.telemetry.schemas import TelemetryPage
 from tests import support
 from tests.conftest import MachineFactory, UserFactory
 from tests.telemetry.support import seed
@@ -66,6 +67,7 @@ class TestRawRows:
         response = await client.get(url(m), params=params, headers=operator)
         assert response.status_code == 200, response.text
         body = response.json()
+        TelemetryPage.model_validate(body)
         assert body["fields"] == ["pressure", "temperature"]
         assert body["items"] == [
             {"timestamp": "2024-01-15T10:00:02Z", "pressure": 102.0},
@@ -208,6 +210,7 @@ class TestBuckets:
         response = await client.get(url(m), params=params, headers=operator)
         assert response.status_code == 200, response.text
         body = response.json()
+        TelemetryPage.model_validate(body)
         assert (body["interval"], body["agg"]) == ("1m", params["agg"].split(","))
         expected = []
         for k in range(3):

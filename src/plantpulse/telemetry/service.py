@@ -293,34 +293,33 @@ def wide_buckets(
     window: TimeRange,
     interval: timedelta,
 ) -> list[tuple[datetime, dict[str, Any]]]:
-    """(bucket start, row) in ascending time; every row has every `<metric>_<agg>` key."""
-    keys = [f"{m}_{a}" for m in metrics for a in aggregates]
-    if include_invalid:
-        keys += [f"{m}_invalid" for m in metrics]
+    """(bucket start, row) in ascending time; every row has every `<metric>_<agg>` key.
+
+    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid)."""
+    columns = [*aggregates, *(["invalid"] if include_invalid else [])]
+    # Record positions, not names: this loop runs for every (bucket, metric) of the answer.
+    targets = {m: [(i, f"{m}_{c}") for i, c in enumerate(columns, start=2)] for m in metrics}
+    template: dict[str, Any] = dict.fromkeys(
+        ["timestamp", *(key for m in metrics for _, key in targets[m])]
+    )
     by_bucket: dict[datetime, dict[str, Any]] = {}
-
-    def empty(bucket: datetime) -> dict[str, Any]:
-        row: dict[str, Any] = {"timestamp": utc_iso(bucket)}
-        row.update(dict.fromkeys(keys))
-        return row
-
     for record in records:
-        bucket = record["bucket"]
+        bucket = record[0]
         row = by_bucket.get(bucket)
         if row is None:
-            row = by_bucket[bucket] = empty(bucket)
-        metric = record["metric"]
-        for agg in aggregates:
-            row[f"{metric}_{agg}"] = record[agg]
-        if include_invalid:
-            row[f"{metric}_invalid"] = record["invalid"]
+            row = by_bucket[bucket] = template.copy()
+        for position, key in targets[record[1]]:
+            row[key] = record[position]
     if fill:
         bucket = bucket_start(window.start, interval)
         while bucket < window.end:
             if bucket not in by_bucket:
-                by_bucket[bucket] = empty(bucket)
+                by_bucket[bucket] = template.copy()
             bucket += interval
-    return sorted(by_bucket.items(), key=lambda item: item[0])
+    ordered = sorted(by_bucket.items(), key=lambda item: item[0])
+    for bucket, row in ordered:
+        row["timestamp"] = utc_iso(bucket)
+    return ordered
 
 
 # ---------------------------------------------------------------------------------------------
