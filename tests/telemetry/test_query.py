@@ -307,7 +307,7 @@ class TestBuckets:
                 include_invalid=False,
                 timescale=timescale,
             )
-            results.append([tuple(r) for r in records])
+            results.append(sorted(tuple(r) for r in records))
         assert len(results[0]) == 7
         assert results[0] == results[1]
 

@@ -86,17 +86,27 @@ def _aggregate_sql(agg: str, timescale: bool) -> str:
 
 def bucket_sql(*, aggregates: Sequence[str], include_invalid: bool, timescale: bool) -> str:
     """The bucketed query; `aggregates` must come from service.AGGREGATES (they are
-    formatted into the SQL)."""
+    formatted into the SQL).
+
+    One aggregation per metric (LATERAL): each is an index-only range scan in time order,
+    grouped by bucket alone; measured ~17% faster than one GROUP BY (bucket, metric) over
+    `metric = ANY(...)` (docs/queries.md)."""
     bucket = "time_bucket" if timescale else "date_bin"
-    columns = ", ".join(f"{_aggregate_sql(a, timescale)} AS {a}" for a in aggregates)
-    invalid = ", count(*) FILTER (WHERE NOT valid) AS invalid" if include_invalid else ""
+    columns = [f"{_aggregate_sql(a, timescale)} AS {a}" for a in aggregates]
+    names = [f"b.{a}" for a in aggregates]
+    if include_invalid:
+        columns.append("count(*) FILTER (WHERE NOT valid) AS invalid")
+        names.append("b.invalid")
     return f"""
-        SELECT {bucket}($5::interval, time, {BUCKET_ORIGIN}) AS bucket, metric, {columns}{invalid}
-        FROM readings
-        WHERE machine_id = $1 AND metric = ANY($2::text[]) AND time >= $3 AND time < $4
-              {_valid(include_invalid)}
-        GROUP BY bucket, metric
-        ORDER BY bucket
+        SELECT b.bucket, m.metric, {", ".join(names)}
+        FROM unnest($2::text[]) AS m(metric)
+        CROSS JOIN LATERAL (
+            SELECT {bucket}($5::interval, time, {BUCKET_ORIGIN}) AS bucket, {", ".join(columns)}
+            FROM readings
+            WHERE machine_id = $1 AND metric = m.metric AND time >= $3 AND time < $4
+                  {_valid(include_invalid)}
+            GROUP BY 1
+        ) b
     """  # noqa: S608
 
 
@@ -112,8 +122,9 @@ async def buckets(
     include_invalid: bool,
     timescale: bool,
 ) -> list[asyncpg.Record]:
-    """One record per (bucket, metric) that has readings: bucket, metric, one column per
-    aggregate (and `invalid`, the count of invalid readings, when they are included)."""
+    """One record per (bucket, metric) that has readings, in no particular order: bucket,
+    metric, one column per aggregate (and `invalid`, the count of invalid readings, when
+    they are included)."""
     sql = bucket_sql(aggregates=aggregates, include_invalid=include_invalid, timescale=timescale)
     return await pool.fetch(sql, machine_id, list(metrics), start, end, interval)
 
