@@ -162,6 +162,18 @@ class TestGatewayBatch:
             str(unknown),
         ]
 
+    async def test_the_rejection_list_is_capped_but_counted(
+        self, client: AsyncClient, supervisor: dict[str, str], committed_machine: MachineFactory
+    ) -> None:
+        m = await committed_machine()
+        payload = batch((m, [{"a": "x"}] * 1001 + [{"timestamp": 1705314600, "a": 1}]))
+        response = await client.post(INGEST, json=payload, headers=supervisor)
+        assert response.status_code == 207
+        body = response.json()
+        assert (body["accepted"], body["rejected"]) == (1, 1001)
+        assert len(body["rejected_items"]) == 1000
+        assert body["rejected_items_truncated"] is True
+
     @pytest.mark.parametrize(
         ("payload", "detail"),
         [

@@ -49,7 +49,7 @@ RAW_DEFAULT_LIMIT = 1_000
 MAX_LIMIT = 10_000
 MAX_OFFSET = 100_000
 MAX_FLEET = 1_000
-_LOG_SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_FILENAME_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "Every reading was accepted (re-sent ones count as `duplicates`)"},
@@ -128,23 +128,26 @@ async def _read_json(request: Request, max_bytes: int) -> Any:
 
 
 def _ingest_response(outcome: service.IngestOutcome) -> JSONResponse:
-    listed = [RejectedItem(where=r.where, reason=r.reason) for r in outcome.rejected]
+    rejected = len(outcome.rejected)
     result = IngestResult(
         accepted=outcome.accepted,
         stored=outcome.stored,
         duplicates=outcome.duplicates,
-        rejected=len(listed),
-        rejected_items=listed[:MAX_LISTED_REJECTIONS],
-        rejected_items_truncated=len(listed) > MAX_LISTED_REJECTIONS,
+        rejected=rejected,
+        rejected_items=[
+            RejectedItem(where=r.where, reason=r.reason)
+            for r in outcome.rejected[:MAX_LISTED_REJECTIONS]
+        ],
+        rejected_items_truncated=rejected > MAX_LISTED_REJECTIONS,
     )
     if outcome.accepted == 0:
         detail = (
-            f"no reading was accepted ({len(listed)} rejected)"
-            if listed
+            f"no reading was accepted ({rejected} rejected)"
+            if rejected
             else "the payload holds no readings"
         )
         return envelope(422, detail, error="NothingAccepted", **result.model_dump(mode="json"))
-    return JSONResponse(result.model_dump(mode="json"), status_code=207 if listed else 200)
+    return JSONResponse(result.model_dump(mode="json"), status_code=207 if rejected else 200)
 
 
 async def _ingest(resources: Resources, parsed: payloads.Parsed) -> JSONResponse:
@@ -470,7 +473,7 @@ async def fleet_latest(
 
 
 def _filename_part(value: str) -> str:
-    return _LOG_SAFE.sub("-", value).strip("-")[:64] or "machine"
+    return _FILENAME_UNSAFE.sub("-", value).strip("-")[:64] or "machine"
 
 
 def _stamp(moment: datetime) -> str:
