@@ -15,6 +15,7 @@ from plantpulse.auth.permissions import Permission
 from plantpulse.db import DbSession
 from plantpulse.errors import (
     BadRequest,
+    ErrorResponse,
     InvalidInput,
     PayloadTooLarge,
     PermissionDenied,
@@ -58,7 +59,13 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Some readings were accepted, some rejected: `rejected_items` says "
         "where and why",
     },
-    **error_responses(400, 401, 403, 404, 413, 503),
+    **error_responses(400, 401, 403, 404, 503),
+    413: {
+        "model": ErrorResponse,
+        "description": "The body is over `ingest.max_payload_bytes` (by Content-Length or by "
+        "what arrived), or it holds more than `ingest.max_readings_per_request` readings (one "
+        "reading = one metric value at one time); nothing was stored",
+    },
     422: {
         "model": IngestRejected,
         "description": "Nothing was accepted (or the payload has the wrong shape)",
