@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, cast
 
+import asyncpg
+import sqlalchemy.exc
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
@@ -174,8 +176,27 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     return envelope(500, "internal error; quote the request id", request_id=request_id)
 
 
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
+    return envelope(503, "the database is unavailable; retry later", headers={"Retry-After": "5"})
+
+
+# Connection-level failures of the database (down, restarting, unreachable) are an outage,
+# not a bug: 503 with the envelope. Anything else from the database stays a 500.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.ConnectionDoesNotExistError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlantPulseError, _plantpulse_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for exc_type in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(exc_type, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected_error)

@@ -70,6 +70,15 @@ GUARDED: list[tuple[str, str, Permission | str | None]] = [
     ("GET", "/api/v1/alerts", P.alerts_read),
     ("GET", "/api/v1/alerts/{alert_id}", P.alerts_read),
     ("POST", "/api/v1/alerts/{alert_id}/acknowledge", P.alerts_ack),
+    # The ingest routes take TelemetrySender (a bearer token needs telemetry:write; devices
+    # use X-API-Key instead, see tests/telemetry/test_ingest.py).
+    ("POST", "/api/v1/telemetry/ingest", P.telemetry_write),
+    ("POST", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_write),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_read),
+    ("DELETE", "/api/v1/machines/{machine_id}/telemetry", P.telemetry_delete),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry/latest", P.telemetry_read),
+    ("GET", "/api/v1/machines/{machine_id}/telemetry/export", P.telemetry_read),
+    ("GET", "/api/v1/telemetry/latest", P.telemetry_read),
 ]
 
 

@@ -183,3 +183,37 @@ class TestGatewayBatch:
     def test_wrong_shapes_raise(self, payload: object) -> None:
         with pytest.raises(PayloadError):
             gateway_batch(payload, clock=CLOCK)
+
+
+class TestReservedNames:
+    def test_valid_and_timestamp_are_never_metrics(self) -> None:
+        parsed = single_device(
+            {"data": {"timestamp": 1, "valid": 1, "ok": 2}}, machine_id=M1, clock=CLOCK
+        )
+        assert [r[2] for r in parsed.rows] == ["ok"]
+        assert [(r.where, r.reason) for r in parsed.rejected] == [
+            ("data.timestamp", "'timestamp' is reserved and cannot be a metric name"),
+            ("data.valid", "'valid' is reserved and cannot be a metric name"),
+        ]
+
+    def test_valid_in_a_flat_reading_is_rejected(self) -> None:
+        parsed = single_device({"valid": 0, "t": 1}, machine_id=M1, clock=CLOCK)
+        assert [r[2] for r in parsed.rows] == ["t"]
+        assert [r.where for r in parsed.rejected] == ["$.valid"]
+
+
+class TestGatewayForOneMachine:
+    def test_entries_of_other_machines_are_rejected_one_by_one(self) -> None:
+        parsed = gateway_batch(
+            {
+                "batch": [
+                    {"machine_id": str(M1), "readings": [{"a": 1}]},
+                    {"machine_id": str(M2), "readings": [{"a": 2}]},
+                ]
+            },
+            clock=CLOCK,
+            only_machine=M1,
+        )
+        assert parsed.rows == [(NOW, M1, "a", 1.0)]
+        assert [r.where for r in parsed.rejected] == ["batch[1].machine_id"]
+        assert "may not send readings" in parsed.rejected[0].reason

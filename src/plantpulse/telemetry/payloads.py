@@ -7,7 +7,9 @@ drops the good ones next to it. Rules:
   strings, booleans, objects and non-finite numbers are rejected with a reason;
 - `timestamp` is ISO 8601 with a UTC offset, or epoch seconds / milliseconds (numbers from
   1e11 on are milliseconds); a reading without one takes the batch's, then the server's time;
-- timestamps more than `future_skew` into the future are rejected.
+- timestamps more than `future_skew` into the future are rejected;
+- `timestamp` and `valid` are never metric names: query responses use them as keys of the
+  wide rows (`{"timestamp": ..., "temperature": ..., "valid": {...}}`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ Row = tuple[datetime, uuid.UUID, str, float]
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,63}$")
 EPOCH_MS_THRESHOLD = 1e11
 RESERVED_KEYS = frozenset({"timestamp"})
+RESERVED_METRIC_NAMES = frozenset({"timestamp", "valid"})
 
 
 class PayloadError(ValueError):
@@ -131,6 +134,9 @@ def add_reading(
                 f"{where}.{str(name)[:64]}", "metric names are 1-64 of A-Z a-z 0-9 _ . : / -"
             )
             continue
+        if name in RESERVED_METRIC_NAMES:
+            out.reject(f"{where}.{name}", f"{name!r} is reserved and cannot be a metric name")
+            continue
         try:
             out.rows.append((time, machine_id, name, _metric_value(name, value)))
         except ValueError as exc:
@@ -193,8 +199,12 @@ def single_device(payload: Any, *, machine_id: uuid.UUID, clock: Clock) -> Parse
     return out
 
 
-def gateway_batch(payload: Any, *, clock: Clock) -> Parsed:
-    """The gateway format: `{"gateway_id", "timestamp"?, "batch": [{"machine_id", "readings"}]}`."""
+def gateway_batch(payload: Any, *, clock: Clock, only_machine: uuid.UUID | None = None) -> Parsed:
+    """The gateway format: `{"gateway_id", "timestamp"?, "batch": [{"machine_id", "readings"}]}`.
+
+    With `only_machine` (a device authenticated as that machine), entries for any other
+    machine are rejected one by one; the device's own readings still go in.
+    """
     if not isinstance(payload, dict):
         raise PayloadError("the payload must be a JSON object")
     batch = payload.get("batch")
@@ -213,6 +223,13 @@ def gateway_batch(payload: Any, *, clock: Clock) -> Parsed:
             machine_id = uuid.UUID(str(entry.get("machine_id")))
         except ValueError:
             out.reject(f"{where}.machine_id", "machine_id must be a UUID")
+            continue
+        if only_machine is not None and machine_id != only_machine:
+            out.reject(
+                f"{where}.machine_id",
+                f"this API key belongs to machine {only_machine}; "
+                f"it may not send readings for {machine_id}",
+            )
             continue
         readings = entry.get("readings")
         if not isinstance(readings, list):

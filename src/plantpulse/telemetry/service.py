@@ -1,10 +1,61 @@
-"""Ingest steps shared by HTTP and MQTT: drop rows of unknown machines (or register them),
-then hand the rest to the batch writer."""
+"""Telemetry use cases: the ingest steps shared by HTTP and MQTT (drop rows of unknown
+machines or register them, hand the rest to the batch writer) and the parsing of query
+parameters (time ranges, bucket intervals, metric lists) into checked values."""
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import re
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from plantpulse.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
 from plantpulse.machines.catalog import MachineCatalog
-from plantpulse.telemetry.payloads import Parsed
+from plantpulse.telemetry import queries
+from plantpulse.telemetry.payloads import (
+    EPOCH_MS_THRESHOLD,
+    METRIC_NAME,
+    RESERVED_METRIC_NAMES,
+    Parsed,
+    Rejection,
+)
+from plantpulse.telemetry.writer import BatchWriter
+
+log = logging.getLogger(__name__)
+
+AGGREGATES = ("avg", "min", "max", "sum", "count", "first", "last")
+MAX_FIELDS = 64
+# A bucketed answer never has more buckets than this: ask for a larger interval instead.
+MAX_BUCKETS = 10_000
+DEFAULT_RANGE = timedelta(hours=24)
+
+_RELATIVE = re.compile(r"^-(\d{1,9})([smhdw])$")
+_INTERVAL = re.compile(r"^(\d{1,6})([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+class InvalidQuery(InvalidInput):
+    pass
+
+
+class TooManyReadings(PayloadTooLarge):
+    pass
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# Ingest
 
 
 async def keep_known_machines(
@@ -29,3 +80,319 @@ async def keep_known_machines(
     for machine_id in sorted(unknown, key=str):
         result.reject(str(machine_id), f"machine {machine_id} is not registered")
     return result
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    # Readings that passed validation: newly stored plus already stored (duplicates).
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection] = field(default_factory=list)
+
+    @property
+    def stored(self) -> int:
+        return self.accepted - self.duplicates
+
+
+@asynccontextmanager
+async def database_errors() -> AsyncIterator[None]:
+    """Turn a database outage (or failure) into a 503 envelope instead of a 500."""
+    try:
+        yield
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        log.warning("telemetry database operation failed: %s: %s", type(exc).__name__, exc)
+        raise DatabaseUnavailable(
+            "the database is unavailable; nothing was stored, retry later",
+            headers={"Retry-After": "5"},
+        ) from exc
+
+
+async def ingest(
+    parsed: Parsed,
+    *,
+    catalog: MachineCatalog,
+    writer: BatchWriter,
+    auto_register: bool,
+    max_readings: int,
+    source: str,
+) -> IngestOutcome:
+    """Store the good readings of a parsed payload; the bad ones come back as rejections.
+
+    Raises TooManyReadings above `max_readings` (nothing is stored then)."""
+    if len(parsed.rows) > max_readings:
+        raise TooManyReadings(
+            f"{len(parsed.rows)} readings in one request; the limit is {max_readings} "
+            "(split the batch)"
+        )
+    async with database_errors():
+        kept = await keep_known_machines(catalog, parsed, auto_register=auto_register)
+        if not kept.rows:
+            return IngestOutcome(accepted=0, duplicates=0, rejected=kept.rejected)
+        result = await writer.write(kept.rows, source=source)
+    return IngestOutcome(
+        accepted=result.received, duplicates=result.duplicates, rejected=kept.rejected
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Query parameters
+
+
+def parse_time(value: str, *, now: datetime, name: str) -> datetime:
+    """ISO 8601 (a missing offset means UTC), epoch seconds/milliseconds, `now`, or relative
+    to now: `-30s`, `-15m`, `-1h`, `-7d`, `-2w`."""
+    text = value.strip()
+    if text == "now":
+        return now
+    relative = _RELATIVE.match(text)
+    if relative:
+        amount, unit = relative.groups()
+        return now - timedelta(seconds=int(amount) * _UNITS[unit])
+    try:
+        number = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(number) or number < 0:
+            raise InvalidQuery(f"{name}: epoch value must be finite and non-negative")
+        try:
+            return datetime.fromtimestamp(
+                number / 1000 if number >= EPOCH_MS_THRESHOLD else number, UTC
+            )
+        except (OverflowError, OSError, ValueError) as exc:
+            raise InvalidQuery(f"{name}: epoch value is out of range") from exc
+    try:
+        # An unencoded '+' in a query string arrives as a space.
+        parsed = datetime.fromisoformat(text.replace(" ", "+") if "T" in text else text)
+    except ValueError as exc:
+        raise InvalidQuery(
+            f"{name}: {value[:40]!r} is neither ISO 8601, epoch, 'now' nor relative "
+            "like '-1h', '-30m', '-7d'"
+        ) from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    start: datetime
+    end: datetime
+
+
+def time_range(
+    start_time: str | None,
+    end_time: str | None,
+    *,
+    now: datetime,
+    default: timedelta | None = DEFAULT_RANGE,
+) -> TimeRange:
+    """[start, end): end defaults to now, start to `default` before end (required if None)."""
+    end = parse_time(end_time, now=now, name="end_time") if end_time else now
+    if start_time:
+        start = parse_time(start_time, now=now, name="start_time")
+    elif default is not None:
+        start = end - default
+    else:
+        raise InvalidQuery("start_time is required")
+    if start >= end:
+        raise InvalidQuery(
+            f"start_time ({start.isoformat()}) must be before end_time ({end.isoformat()})"
+        )
+    return TimeRange(start, end)
+
+
+def parse_interval(value: str) -> timedelta:
+    """`<n><s|m|h|d>`: 30s, 1m, 5m, 15m, 1h, 1d."""
+    match = _INTERVAL.match(value.strip())
+    if not match or int(match.group(1)) == 0:
+        raise InvalidQuery(f"interval {value[:20]!r} must look like 30s, 1m, 5m, 15m, 1h or 1d")
+    amount, unit = match.groups()
+    return timedelta(seconds=int(amount) * _UNITS[unit])
+
+
+def parse_aggregates(value: str | None) -> list[str]:
+    if not value:
+        return ["avg", "min", "max"]
+    wanted = [a.strip().lower() for a in value.split(",") if a.strip()]
+    unknown = [a for a in wanted if a not in AGGREGATES]
+    if unknown or not wanted:
+        raise InvalidQuery(f"agg: unknown {', '.join(unknown)}; use {', '.join(AGGREGATES)}")
+    return list(dict.fromkeys(wanted))
+
+
+def parse_fields(value: str | None) -> list[str] | None:
+    """Metric names asked for; None means every metric of the machine."""
+    if value is None or not value.strip():
+        return None
+    names = list(dict.fromkeys(f.strip() for f in value.split(",") if f.strip()))
+    bad = [n for n in names if not METRIC_NAME.match(n) or n in RESERVED_METRIC_NAMES]
+    if bad:
+        raise InvalidQuery(f"fields: {', '.join(b[:64] for b in bad)} is not a metric name")
+    if len(names) > MAX_FIELDS:
+        raise InvalidQuery(f"fields: at most {MAX_FIELDS} metrics per query")
+    return names
+
+
+def check_bucket_count(window: TimeRange, interval: timedelta) -> None:
+    buckets = (window.end - window.start) / interval
+    if buckets > MAX_BUCKETS:
+        raise InvalidQuery(
+            f"{math.ceil(buckets)} buckets of {interval} in this range; at most {MAX_BUCKETS} "
+            "(use a larger interval or a shorter range)"
+        )
+
+
+def is_relative(value: str | None) -> bool:
+    """Whether a time parameter moves with the clock (`now`, `-1h`)."""
+    return value is not None and (value.strip() == "now" or bool(_RELATIVE.match(value.strip())))
+
+
+BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
+
+
+def bucket_start(moment: datetime, interval: timedelta) -> datetime:
+    """The start of the bucket holding `moment` (same origin as queries.BUCKET_ORIGIN)."""
+    return BUCKET_ORIGIN + ((moment - BUCKET_ORIGIN) // interval) * interval
+
+
+def utc_iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+# ---------------------------------------------------------------------------------------------
+# Shaping narrow rows into wide ones
+
+
+def wide_raw_rows(
+    records: Sequence[asyncpg.Record], *, metrics: Sequence[str], include_invalid: bool
+) -> list[dict[str, Any]]:
+    order = {name: i for i, name in enumerate(metrics)}
+    rows: list[dict[str, Any]] = []
+    for record in records:
+        values = sorted(
+            zip(record["metrics"], record["values"], record["valids"], strict=True),
+            key=lambda item: order.get(item[0], len(order)),
+        )
+        row: dict[str, Any] = {"timestamp": utc_iso(record["time"])}
+        for name, value, _ in values:
+            row[name] = value
+        if include_invalid:
+            row["valid"] = {name: valid for name, _, valid in values}
+        rows.append(row)
+    return rows
+
+
+def wide_buckets(
+    records: Sequence[asyncpg.Record],
+    *,
+    metrics: Sequence[str],
+    aggregates: Sequence[str],
+    include_invalid: bool,
+    fill: bool,
+    window: TimeRange,
+    interval: timedelta,
+) -> list[tuple[datetime, dict[str, Any]]]:
+    """(bucket start, row) in ascending time; every row has every `<metric>_<agg>` key.
+
+    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid)."""
+    columns = [*aggregates, *(["invalid"] if include_invalid else [])]
+    # Record positions, not names: this loop runs for every (bucket, metric) of the answer.
+    targets = {m: [(i, f"{m}_{c}") for i, c in enumerate(columns, start=2)] for m in metrics}
+    template: dict[str, Any] = dict.fromkeys(
+        ["timestamp", *(key for m in metrics for _, key in targets[m])]
+    )
+    by_bucket: dict[datetime, dict[str, Any]] = {}
+    for record in records:
+        bucket = record[0]
+        row = by_bucket.get(bucket)
+        if row is None:
+            row = by_bucket[bucket] = template.copy()
+        for position, key in targets[record[1]]:
+            row[key] = record[position]
+    if fill:
+        bucket = bucket_start(window.start, interval)
+        while bucket < window.end:
+            if bucket not in by_bucket:
+                by_bucket[bucket] = template.copy()
+            bucket += interval
+    ordered = sorted(by_bucket.items(), key=lambda item: item[0])
+    for bucket, row in ordered:
+        row["timestamp"] = utc_iso(bucket)
+    return ordered
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+
+EXPORT_CHUNK_BYTES = 64 * 1024
+
+
+def _csv_line(
+    moment: datetime, values: dict[str, float], valid: bool | None, metrics: Sequence[str]
+) -> str:
+    cells = [utc_iso(moment)]
+    cells += ["" if (v := values.get(m)) is None else repr(v) for m in metrics]
+    if valid is not None:
+        cells.append("true" if valid else "false")
+    return ",".join(cells) + "\n"
+
+
+def _ndjson_line(moment: datetime, values: dict[str, float], valids: dict[str, bool] | None) -> str:
+    row: dict[str, Any] = {"timestamp": utc_iso(moment), **values}
+    if valids is not None:
+        row["valid"] = valids
+    return json.dumps(row, allow_nan=False) + "\n"
+
+
+async def export_chunks(
+    pool: asyncpg.Pool,
+    *,
+    machine_id: uuid.UUID,
+    metrics: Sequence[str],
+    window: TimeRange,
+    fmt: str,
+    include_invalid: bool,
+) -> AsyncIterator[bytes]:
+    """CSV (`timestamp,<metric>...[,valid]`) or NDJSON wide rows in ascending time, in chunks
+    of about 64 KiB: memory stays flat whatever the range."""
+    parts: list[str] = []
+    size = 0
+    if fmt == "csv":
+        header = ["timestamp", *metrics, *(["valid"] if include_invalid else [])]
+        parts.append(",".join(header) + "\n")
+    moment: datetime | None = None
+    values: dict[str, float] = {}
+    valids: dict[str, bool] = {}
+
+    def line() -> str:
+        assert moment is not None  # noqa: S101 (only called once a row was read)
+        if fmt == "csv":
+            return _csv_line(
+                moment, values, all(valids.values()) if include_invalid else None, metrics
+            )
+        return _ndjson_line(moment, values, valids if include_invalid else None)
+
+    async for record in queries.stream_readings(
+        pool,
+        machine_id=machine_id,
+        metrics=metrics,
+        start=window.start,
+        end=window.end,
+        include_invalid=include_invalid,
+    ):
+        if record["time"] != moment:
+            if moment is not None:
+                text = line()
+                parts.append(text)
+                size += len(text)
+                if size >= EXPORT_CHUNK_BYTES:
+                    yield "".join(parts).encode()
+                    parts, size = [], 0
+            moment, values, valids = record["time"], {}, {}
+        values[record["metric"]] = record["value"]
+        valids[record["metric"]] = record["valid"]
+    if moment is not None:
+        parts.append(line())
+    if parts:
+        yield "".join(parts).encode()

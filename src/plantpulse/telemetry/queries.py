@@ -1,0 +1,239 @@
+"""Reads and deletes of the readings hypertable: raw asyncpg behind small functions.
+
+Every per-machine query filters on `machine_id`, `metric` and a time range, so it is an
+index range scan on `(machine_id, metric, time)` in the chunks the range touches. Callers
+that may not see invalid readings pass `include_invalid=False` and get `AND valid`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+import asyncpg
+
+# The same origin for time_bucket and date_bin, so buckets do not depend on the edition;
+# it is TimescaleDB's default (a Monday), so weekly buckets start on Mondays.
+BUCKET_ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
+# A wide export reads one window at a time: each window is sorted by time on the server,
+# so neither side ever sorts or holds the whole range.
+EXPORT_WINDOW = timedelta(days=1)
+EXPORT_PREFETCH = 500
+
+Order = Literal["asc", "desc"]
+
+
+def _valid(include_invalid: bool, alias: str = "") -> str:
+    return "" if include_invalid else f"AND {alias}valid"
+
+
+async def machine_metrics(pool: asyncpg.Pool, machine_id: uuid.UUID) -> list[str]:
+    """Metric names of a machine, from the catalogue the writer keeps (sorted)."""
+    rows = await pool.fetch(
+        "SELECT name FROM machine_metrics WHERE machine_id = $1 ORDER BY name", machine_id
+    )
+    return [row["name"] for row in rows]
+
+
+async def raw_rows(
+    pool: asyncpg.Pool,
+    *,
+    machine_id: uuid.UUID,
+    metrics: Sequence[str],
+    start: datetime,
+    end: datetime,
+    limit: int,
+    offset: int,
+    order: Order,
+    include_invalid: bool,
+) -> list[asyncpg.Record]:
+    """Up to `limit` timestamps (after `offset`) with every metric's value at that time:
+    records of (time, metrics[], values[], valids[]).
+
+    Each metric contributes at most offset + limit rows (an index probe per metric), which
+    is enough: a timestamp in the top N overall is in the top N of each metric it has."""
+    direction = "DESC" if order == "desc" else "ASC"
+    sql = f"""
+        SELECT r.time, array_agg(m.metric) AS metrics, array_agg(r.value) AS values,
+               array_agg(r.valid) AS valids
+        FROM unnest($2::text[]) AS m(metric)
+        CROSS JOIN LATERAL (
+            SELECT time, value, valid FROM readings
+            WHERE machine_id = $1 AND metric = m.metric AND time >= $3 AND time < $4
+                  {_valid(include_invalid)}
+            ORDER BY time {direction} LIMIT $5
+        ) r
+        GROUP BY r.time
+        ORDER BY r.time {direction}
+        LIMIT $6 OFFSET $7
+    """  # noqa: S608 (only fixed fragments are formatted in)
+    return await pool.fetch(
+        sql, machine_id, list(metrics), start, end, offset + limit, limit, offset
+    )
+
+
+def _aggregate_sql(agg: str, timescale: bool) -> str:
+    if agg == "count":
+        return "count(*)"
+    if agg == "first":
+        return "first(value, time)" if timescale else "(array_agg(value ORDER BY time))[1]"
+    if agg == "last":
+        return "last(value, time)" if timescale else "(array_agg(value ORDER BY time DESC))[1]"
+    return f"{agg}(value)"
+
+
+def bucket_sql(*, aggregates: Sequence[str], include_invalid: bool, timescale: bool) -> str:
+    """The bucketed query; `aggregates` must come from service.AGGREGATES (they are
+    formatted into the SQL).
+
+    One aggregation per metric (LATERAL): each is an index-only range scan in time order,
+    grouped by bucket alone; measured ~17% faster than one GROUP BY (bucket, metric) over
+    `metric = ANY(...)` (docs/queries.md)."""
+    bucket = "time_bucket" if timescale else "date_bin"
+    columns = [f"{_aggregate_sql(a, timescale)} AS {a}" for a in aggregates]
+    names = [f"b.{a}" for a in aggregates]
+    if include_invalid:
+        columns.append("count(*) FILTER (WHERE NOT valid) AS invalid")
+        names.append("b.invalid")
+    return f"""
+        SELECT b.bucket, m.metric, {", ".join(names)}
+        FROM unnest($2::text[]) AS m(metric)
+        CROSS JOIN LATERAL (
+            SELECT {bucket}($5::interval, time, {BUCKET_ORIGIN}) AS bucket, {", ".join(columns)}
+            FROM readings
+            WHERE machine_id = $1 AND metric = m.metric AND time >= $3 AND time < $4
+                  {_valid(include_invalid)}
+            GROUP BY 1
+        ) b
+    """  # noqa: S608
+
+
+async def buckets(
+    pool: asyncpg.Pool,
+    *,
+    machine_id: uuid.UUID,
+    metrics: Sequence[str],
+    start: datetime,
+    end: datetime,
+    interval: timedelta,
+    aggregates: Sequence[str],
+    include_invalid: bool,
+    timescale: bool,
+) -> list[asyncpg.Record]:
+    """One record per (bucket, metric) that has readings, in no particular order: bucket,
+    metric, one column per aggregate (and `invalid`, the count of invalid readings, when
+    they are included)."""
+    sql = bucket_sql(aggregates=aggregates, include_invalid=include_invalid, timescale=timescale)
+    return await pool.fetch(sql, machine_id, list(metrics), start, end, interval)
+
+
+LATEST_SQL = """
+    SELECT mm.machine_id, mm.name AS metric, r.time, r.value, r.valid
+    FROM machine_metrics mm
+    CROSS JOIN LATERAL (
+        SELECT time, value, valid FROM readings
+        WHERE machine_id = mm.machine_id AND metric = mm.name {valid}
+        ORDER BY time DESC LIMIT 1
+    ) r
+    WHERE mm.machine_id = ANY($1::uuid[])
+"""
+
+
+async def latest(
+    pool: asyncpg.Pool, *, machine_ids: Sequence[uuid.UUID], include_invalid: bool
+) -> list[asyncpg.Record]:
+    """The newest reading (by event time) of every catalogued metric of these machines: one
+    index probe per (machine, metric), newest chunk first."""
+    sql = LATEST_SQL.format(valid=_valid(include_invalid))
+    return await pool.fetch(sql, list(machine_ids))
+
+
+async def machine_page(
+    pool: asyncpg.Pool, *, machine_ids: Sequence[uuid.UUID] | None, limit: int, offset: int
+) -> tuple[list[asyncpg.Record], int]:
+    """Machines (id, name) by name, optionally only these ids, with the total count."""
+    rows = await pool.fetch(
+        """
+        SELECT id, name, count(*) OVER () AS total FROM machines
+        WHERE $1::uuid[] IS NULL OR id = ANY($1::uuid[])
+        ORDER BY name LIMIT $2 OFFSET $3
+        """,
+        None if machine_ids is None else list(machine_ids),
+        limit,
+        offset,
+    )
+    if rows:
+        return rows, int(rows[0]["total"])
+    total = await pool.fetchval(
+        "SELECT count(*) FROM machines WHERE $1::uuid[] IS NULL OR id = ANY($1::uuid[])",
+        None if machine_ids is None else list(machine_ids),
+    )
+    return [], int(total)
+
+
+async def delete_range(
+    pool: asyncpg.Pool, *, machine_id: uuid.UUID, start: datetime, end: datetime
+) -> int:
+    status = await pool.execute(
+        "DELETE FROM readings WHERE machine_id = $1 AND time >= $2 AND time < $3",
+        machine_id,
+        start,
+        end,
+    )
+    return int(status.rsplit(" ", 1)[-1])
+
+
+_NEXT_READING = """
+    SELECT min(x.time) FROM unnest($2::text[]) AS m(metric)
+    CROSS JOIN LATERAL (
+        SELECT time FROM readings
+        WHERE machine_id = $1 AND metric = m.metric AND time >= $3 AND time < $4 {valid}
+        ORDER BY time LIMIT 1
+    ) x
+"""
+
+
+async def stream_readings(
+    pool: asyncpg.Pool,
+    *,
+    machine_id: uuid.UUID,
+    metrics: Sequence[str],
+    start: datetime,
+    end: datetime,
+    include_invalid: bool,
+    window: timedelta = EXPORT_WINDOW,
+) -> AsyncIterator[asyncpg.Record]:
+    """Every reading in [start, end), ordered by time then metric, through server-side
+    cursors on a connection of its own: constant memory whatever the range.
+
+    The range is read a window at a time (each sorted on the server), jumping over gaps
+    with an index probe, in one repeatable-read transaction: a consistent snapshot."""
+    valid = _valid(include_invalid)
+    sql = f"""
+        SELECT time, metric, value, valid FROM readings
+        WHERE machine_id = $1 AND metric = ANY($2::text[]) AND time >= $3 AND time < $4
+              {valid}
+        ORDER BY time, metric
+    """  # noqa: S608
+    next_reading = _NEXT_READING.format(valid=valid)
+    names = list(metrics)
+    async with (
+        pool.acquire() as conn,
+        conn.transaction(isolation="repeatable_read", readonly=True),
+    ):
+        lower: datetime | None = await conn.fetchval(next_reading, machine_id, names, start, end)
+        while lower is not None:
+            upper = min(lower + window, end)
+            cursor = conn.cursor(sql, machine_id, names, lower, upper, prefetch=EXPORT_PREFETCH)
+            async for record in cursor:
+                yield record
+            if upper >= end:
+                break
+            lower = await conn.fetchval(next_reading, machine_id, names, upper, end)
+
+
+async def existing_machines(pool: asyncpg.Pool, machine_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
+    rows = await pool.fetch("SELECT id FROM machines WHERE id = ANY($1::uuid[])", list(machine_ids))
+    return {row["id"] for row in rows}

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from plantpulse.telemetry import service
+from plantpulse.telemetry.service import InvalidQuery
+
+NOW = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
+
+
+class TestParseTime:
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("now", NOW),
+            ("-30s", NOW - timedelta(seconds=30)),
+            ("-15m", NOW - timedelta(minutes=15)),
+            ("-1h", NOW - timedelta(hours=1)),
+            ("-7d", NOW - timedelta(days=7)),
+            ("-2w", NOW - timedelta(weeks=2)),
+            ("2024-01-15T10:00:00Z", datetime(2024, 1, 15, 10, tzinfo=UTC)),
+            ("2024-01-15T11:00:00+01:00", datetime(2024, 1, 15, 10, tzinfo=UTC)),
+            # An unencoded '+' in a URL arrives as a space.
+            ("2024-01-15T11:00:00 01:00", datetime(2024, 1, 15, 10, tzinfo=UTC)),
+            ("2024-01-15T10:00:00", datetime(2024, 1, 15, 10, tzinfo=UTC)),
+            ("2024-01-15", datetime(2024, 1, 15, tzinfo=UTC)),
+            ("1705314600", NOW),
+            ("1705314600000", NOW),
+        ],
+    )
+    def test_accepted_forms(self, text: str, expected: datetime) -> None:
+        assert service.parse_time(text, now=NOW, name="t") == expected
+
+    @pytest.mark.parametrize("text", ["yesterday", "-1y", "+1h", "-h", "-1e9d", "nan", "-5"])
+    def test_rejected_forms(self, text: str) -> None:
+        with pytest.raises(InvalidQuery):
+            service.parse_time(text, now=NOW, name="t")
+
+    def test_relative_detection(self) -> None:
+        assert service.is_relative("now")
+        assert service.is_relative(" -1h ")
+        assert not service.is_relative("2024-01-15T10:00:00Z")
+        assert not service.is_relative(None)
+
+
+class TestRangeAndBuckets:
+    def test_defaults_to_the_last_24_hours(self) -> None:
+        window = service.time_range(None, None, now=NOW)
+        assert (window.start, window.end) == (NOW - timedelta(hours=24), NOW)
+
+    def test_start_must_precede_end(self) -> None:
+        with pytest.raises(InvalidQuery, match="must be before"):
+            service.time_range("now", "-1h", now=NOW)
+
+    @pytest.mark.parametrize(
+        ("text", "seconds"), [("1s", 1), ("1m", 60), ("15m", 900), ("1h", 3600), ("1d", 86400)]
+    )
+    def test_intervals(self, text: str, seconds: int) -> None:
+        assert service.parse_interval(text) == timedelta(seconds=seconds)
+
+    def test_bucket_start_matches_the_sql_origin(self) -> None:
+        at = datetime(2024, 1, 15, 10, 37, 12, tzinfo=UTC)
+        assert service.bucket_start(at, timedelta(minutes=15)) == at.replace(minute=30, second=0)
+        # Weekly buckets start on Monday, like TimescaleDB's default origin.
+        week = service.bucket_start(at, timedelta(days=7))
+        assert (week.weekday(), week.date().isoformat()) == (0, "2024-01-15")
+
+    def test_too_many_buckets(self) -> None:
+        window = service.time_range("-8d", None, now=NOW)
+        service.check_bucket_count(window, timedelta(minutes=2))
+        with pytest.raises(InvalidQuery, match="11520 buckets"):
+            service.check_bucket_count(window, timedelta(minutes=1))
