@@ -39,6 +39,7 @@ from plantpulse.alerts import service
 from plantpulse.alerts.models import Alert, RuleKind, RuleScope
 from plantpulse.alerts.rules import RuleSpec, RuleState, Step, step
 from plantpulse.alerts.schemas import AlertRead
+from plantpulse.machines import service as machines
 from plantpulse.realtime.broadcast import Broadcast
 from plantpulse.realtime.events import Event, alert_event
 from plantpulse.realtime.hub import Hub, hub_of
@@ -120,7 +121,7 @@ class Evaluator:
     async def _reload(self) -> None:
         async with self._resources.sessionmaker() as session:
             rules = [RuleSpec.of(r) for r in await service.enabled_rules(session)]
-            groups = await service.group_membership(session)
+            groups = await machines.group_membership(session)
             open_ = set(await service.open_alerts(session))
             pending = {(r, m): t for r, m, t in await service.pending_states(session)}
         by_metric: dict[str, list[RuleSpec]] = defaultdict(list)
@@ -254,7 +255,7 @@ class Evaluator:
         async with self._lock:
             now = datetime.now(UTC)
             async with self._resources.sessionmaker() as session:
-                seen = await service.machines_last_seen(session)
+                seen = await machines.active_machines_last_seen(session)
             for machine_id, at in self._arrived.items():
                 if machine_id in seen and at > seen[machine_id]:
                     seen[machine_id] = at

@@ -6,7 +6,6 @@ The functions at the end are what the evaluator persists with, in its own transa
 from __future__ import annotations
 
 import uuid
-from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +19,6 @@ from plantpulse.alerts.schemas import AlertRuleCreate, AlertRuleUpdate, check_ru
 from plantpulse.db import utcnow
 from plantpulse.errors import Conflict, InvalidInput, NotFound
 from plantpulse.machines import service as machines
-from plantpulse.machines.models import Machine, MachineGroup, MachineStatus, group_members
 
 
 class AlertRuleNotFound(NotFound):
@@ -28,10 +26,6 @@ class AlertRuleNotFound(NotFound):
 
 
 class AlertNotFound(NotFound):
-    pass
-
-
-class GroupNotFound(NotFound):
     pass
 
 
@@ -46,10 +40,8 @@ class AlreadyAcknowledged(Conflict):
 async def _check_target(session: AsyncSession, values: dict[str, Any]) -> None:
     if values.get("machine_id") is not None:
         await machines.get_machine(session, values["machine_id"])
-    if values.get("group_id") is not None and (
-        await session.get(MachineGroup, values["group_id"]) is None
-    ):
-        raise GroupNotFound(f"machine group {values['group_id']} does not exist")
+    if values.get("group_id") is not None:
+        await machines.get_group(session, values["group_id"])
 
 
 async def list_rules(
@@ -214,15 +206,6 @@ async def enabled_rules(session: AsyncSession) -> list[AlertRule]:
     return list(await session.scalars(select(AlertRule).where(AlertRule.enabled.is_(True))))
 
 
-async def group_membership(session: AsyncSession) -> dict[uuid.UUID, set[uuid.UUID]]:
-    members: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
-    for group_id, machine_id in await session.execute(
-        select(group_members.c.group_id, group_members.c.machine_id)
-    ):
-        members[group_id].add(machine_id)
-    return dict(members)
-
-
 async def open_alerts(session: AsyncSession) -> list[tuple[uuid.UUID, uuid.UUID]]:
     """(rule id, machine id) of every open alert."""
     rows = await session.execute(
@@ -310,13 +293,3 @@ async def drop_pending(session: AsyncSession, *, rule_id: uuid.UUID, machine_id:
     await session.execute(
         delete(AlertState).where(AlertState.rule_id == rule_id, AlertState.machine_id == machine_id)
     )
-
-
-async def machines_last_seen(session: AsyncSession) -> dict[uuid.UUID, datetime]:
-    """Machines that are in service and have reported at least once, with their last report."""
-    rows = await session.execute(
-        select(Machine.id, Machine.last_seen_at).where(
-            Machine.last_seen_at.is_not(None), Machine.status == MachineStatus.active
-        )
-    )
-    return {m: t for m, t in rows if t is not None}

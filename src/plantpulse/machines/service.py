@@ -6,8 +6,10 @@ Plain async functions: session first, the rest keyword-only; they flush, the req
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, Select, delete, func, or_, select, text
@@ -512,3 +514,23 @@ async def remove_group_member(
     if getattr(result, "rowcount", 0):
         group.updated_at = utcnow()
         await session.flush()
+
+
+async def group_membership(session: AsyncSession) -> dict[uuid.UUID, set[uuid.UUID]]:
+    """Every group id with the ids of its machines."""
+    by_group: dict[uuid.UUID, set[uuid.UUID]] = defaultdict(set)
+    for group_id, machine_id in await session.execute(
+        select(members.c.group_id, members.c.machine_id)
+    ):
+        by_group[group_id].add(machine_id)
+    return dict(by_group)
+
+
+async def active_machines_last_seen(session: AsyncSession) -> dict[uuid.UUID, datetime]:
+    """Machines that are in service and have reported at least once, with their last report."""
+    rows = await session.execute(
+        select(Machine.id, Machine.last_seen_at).where(
+            Machine.last_seen_at.is_not(None), Machine.status == MachineStatus.active
+        )
+    )
+    return {m: t for m, t in rows if t is not None}
