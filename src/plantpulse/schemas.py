@@ -10,14 +10,14 @@ from pydantic import BaseModel, Field, PlainSerializer
 T = TypeVar("T")
 
 
-def _utc_iso(value: datetime) -> str:
+def utc_iso(value: datetime) -> str:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 # Responses always carry UTC with an explicit offset ("...Z").
-UtcDatetime = Annotated[datetime, PlainSerializer(_utc_iso, return_type=str, when_used="json")]
+UtcDatetime = Annotated[datetime, PlainSerializer(utc_iso, return_type=str, when_used="json")]
 
 
 class Page(BaseModel, Generic[T]):

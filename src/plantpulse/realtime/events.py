@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
-from plantpulse.schemas import _utc_iso
+from plantpulse.schemas import utc_iso
 from plantpulse.telemetry.writer import StoredRow
 
 # One encoder for all events: json.dumps(separators=...) would build a new one per call.
@@ -68,7 +68,7 @@ def reading_events(rows: Iterable[StoredRow]) -> list[Event]:
             {
                 "type": "reading",
                 "machine_id": str(machine_id),
-                "timestamp": _utc_iso(t),
+                "timestamp": utc_iso(t),
                 "metrics": metrics,
                 "valid": flags,
             },
@@ -94,6 +94,6 @@ def machine_status_event(
             "machine_id": str(machine_id),
             "status": status,
             "connectivity": connectivity,
-            "last_seen_at": _utc_iso(last_seen_at) if last_seen_at else None,
+            "last_seen_at": utc_iso(last_seen_at) if last_seen_at else None,
         }
     )
