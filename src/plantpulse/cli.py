@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         return _fail(f"invalid settings:\n{exc}")
     log_level = str(getattr(settings, "log_level", "INFO")).lower()
+    realtime = getattr(settings, "realtime", None)
     uvicorn.run(
         "plantpulse.app:create_app",
         factory=True,
@@ -58,6 +59,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         log_level=log_level,
         proxy_headers=True,
+        ws_per_message_deflate=bool(getattr(realtime, "ws_per_message_deflate", False)),
         # Give the ingest task time to flush and acknowledge what it holds.
         timeout_graceful_shutdown=args.graceful_timeout,
     )
