@@ -73,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         return _fail(f"invalid settings:\n{exc}")
     log_level = str(getattr(settings, "log_level", "INFO")).upper()
+    realtime = getattr(settings, "realtime", None)
     uvicorn.run(
         "plantpulse.app:create_app",
         factory=True,
@@ -81,6 +82,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=log_level.lower(),
         log_config=_log_config(log_level),
         proxy_headers=True,
+        ws_per_message_deflate=bool(getattr(realtime, "ws_per_message_deflate", False)),
         # Give the ingest task time to flush and acknowledge what it holds.
         timeout_graceful_shutdown=args.graceful_timeout,
     )

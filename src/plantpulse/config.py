@@ -88,6 +88,11 @@ class IngestSettings(BaseModel):
     # The MQTT writer flushes when either limit is reached (defaults from docs/ingest.md).
     batch_max_readings: int = Field(default=5_000, ge=1)
     batch_max_delay_ms: int = Field(default=50, ge=1)
+    # "idle": what finds the writer idle is written at once, and what arrives during a write
+    # is batched for the next one (lowest latency; batches grow with the load, up to
+    # batch_max_readings). "delay": also wait up to batch_max_delay_ms for a fuller batch
+    # (fewer, larger transactions at low rates). Measured: docs/benchmarks.md (P5).
+    flush_policy: Literal["idle", "delay"] = "idle"
     # Messages held between the MQTT callback and the writer; when full, we stop reading
     # from the broker (it keeps the rest) instead of dropping.
     queue_max_messages: int = Field(default=20_000, ge=10)
@@ -109,6 +114,10 @@ class RealtimeSettings(BaseModel):
     # How long a socket may stay unauthenticated waiting for {"action": "auth"}.
     auth_timeout_seconds: float = Field(default=10.0, gt=0)
     sse_keepalive_seconds: float = Field(default=15.0, gt=0)
+    # WebSocket permessage-deflate (`plantpulse serve`): off by default, because every
+    # connection compresses every event on the event loop that also ingests (measured in
+    # docs/benchmarks.md, P5); turn it on for clients on slow links.
+    ws_per_message_deflate: bool = False
 
 
 class AlertSettings(BaseModel):

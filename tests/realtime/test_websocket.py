@@ -1,7 +1,7 @@
 """The WebSocket stream against a real uvicorn server, fed through the real writer.
 
 Readings are written with `resources.writer.write` (the path HTTP and MQTT ingest share);
-the MQTT-publish variant is added once MQTT ingest is merged.
+readings published over MQTT: test_mqtt_stream.py.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """The WebSocket side of `plantpulse bench e2e`, run as its own process so its CPU time is not
-the server's: connects, subscribes, and for every probe reading records now - sent_at (the
-probe's value is the wall-clock time it was handed to ingest). Also measures ping -> pong
-round trips on the same socket as a same-run reference. Prints one JSON object at the end.
+the server's: connects, subscribes (to all machines, or to the probe machine only), and for
+every probe reading records now - sent_at (the probe's `sent_at` metric is the wall-clock time
+it was published). Also measures ping -> pong round trips on the same socket as a same-run
+reference. Prints "ready" once subscribed, then one JSON object at the end.
 
-    python -m plantpulse.bench.e2e_client WS_URL TOKEN PROBE_MACHINE_ID SECONDS
+    python -m plantpulse.bench.e2e_client WS_URL TOKEN PROBE_MACHINE_ID SECONDS all|probe
 """
 
 from __future__ import annotations
@@ -17,14 +18,17 @@ from typing import Any
 from websockets.asyncio.client import connect
 
 
-async def run(url: str, token: str, probe: str, seconds: float) -> dict[str, Any]:
+async def run(url: str, token: str, probe: str, seconds: float, scope: str) -> dict[str, Any]:
     latencies: list[float] = []
     rtts: list[float] = []
     events = 0
     pings: dict[int, float] = {}
     async with connect(f"{url}?token={token}", max_queue=None) as ws:
         await ws.recv()
-        await ws.send(json.dumps({"action": "subscribe_all"}))
+        if scope == "all":
+            await ws.send(json.dumps({"action": "subscribe_all"}))
+        else:
+            await ws.send(json.dumps({"action": "subscribe", "machine_ids": [probe]}))
         await ws.recv()
         print("ready", flush=True)
 
@@ -62,8 +66,8 @@ async def run(url: str, token: str, probe: str, seconds: float) -> dict[str, Any
 
 
 def main() -> None:
-    url, token, probe, seconds = sys.argv[1:5]
-    result = asyncio.run(run(url, token, probe, float(seconds)))
+    url, token, probe, seconds, scope = sys.argv[1:6]
+    result = asyncio.run(run(url, token, probe, float(seconds), scope))
     print(json.dumps(result), flush=True)
 
 

@@ -213,7 +213,14 @@ async def copy_reference(pool: asyncpg.Pool, rows: int) -> float:
 
 
 class Service:
-    def __init__(self, url: str, broker: tuple[str, int], secret: str, log: Path) -> None:
+    def __init__(
+        self,
+        url: str,
+        broker: tuple[str, int],
+        secret: str,
+        log: Path,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.prefix = f"bench/{uuid.uuid4().hex[:8]}"
         self.log = log
@@ -228,6 +235,7 @@ class Service:
             "PLANTPULSE_MQTT__PORT": str(broker[1]),
             "PLANTPULSE_MQTT__CLIENT_ID": f"bench-{uuid.uuid4().hex[:8]}",
             "PLANTPULSE_MQTT__TOPIC_PREFIX": self.prefix,
+            **(extra_env or {}),
         }
         self.process: subprocess.Popen[bytes] | None = None
 

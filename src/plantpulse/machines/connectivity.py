@@ -15,7 +15,7 @@ from datetime import datetime
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from plantpulse.machines.models import Connectivity
+from plantpulse.machines.models import Connectivity, MachineStatus
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +25,9 @@ class ConnectivityChange:
     machine_id: uuid.UUID
     connectivity: Connectivity
     at: datetime
+    # The machine as committed, so listeners can describe it without a query of their own.
+    status: MachineStatus
+    last_seen_at: datetime | None
 
 
 ConnectivityListener = Callable[[ConnectivityChange], None]
@@ -63,9 +66,18 @@ async def record(
             updated_at = now()
         FROM unnest($1::uuid[], $2::text[]) AS c(id, connectivity)
         WHERE m.id = c.id
-        RETURNING m.id, c.connectivity, now() AS at
+        RETURNING m.id, c.connectivity, now() AS at, m.status::text AS status, m.last_seen_at
         """,
         list(latest),
         [str(c) for c in latest.values()],
     )
-    return [ConnectivityChange(r["id"], Connectivity(r["connectivity"]), r["at"]) for r in rows]
+    return [
+        ConnectivityChange(
+            r["id"],
+            Connectivity(r["connectivity"]),
+            r["at"],
+            MachineStatus(r["status"]),
+            r["last_seen_at"],
+        )
+        for r in rows
+    ]

@@ -11,7 +11,7 @@ from plantpulse.auth.permissions import Permission
 from plantpulse.db import DbSession
 from plantpulse.errors import error_responses
 from plantpulse.machines import service
-from plantpulse.machines.models import MachineGroup, MachineStatus
+from plantpulse.machines.models import Machine, MachineGroup, MachineStatus
 from plantpulse.machines.schemas import (
     MAX_TAGS,
     ApiKeyIssued,
@@ -34,8 +34,10 @@ from plantpulse.machines.schemas import (
     MetricUpdate,
     storable,
 )
+from plantpulse.realtime.events import machine_status_event
+from plantpulse.realtime.hub import hub_of
 from plantpulse.schemas import Page
-from plantpulse.state import AppResources
+from plantpulse.state import AppResources, Resources
 
 router = APIRouter(
     prefix="/api/v1/machines", tags=["machines"], responses=error_responses(401, 403)
@@ -73,6 +75,26 @@ def _forget_after_commit(
     # Background tasks run after the request's transaction committed: forgetting earlier
     # would let a concurrent ingest reload the old state into the catalog.
     tasks.add_task(resources.catalog.forget, machine_id)
+
+
+def _status_after_commit(
+    tasks: BackgroundTasks, resources: Resources, machine: Machine, previous: MachineStatus
+) -> None:
+    # Live clients hear of a status change only once it is committed (a coroutine, so it runs
+    # on the event loop, not in Starlette's thread pool).
+    if machine.status == previous:
+        return
+    event = machine_status_event(
+        machine.id,
+        status=machine.status,
+        connectivity=machine.connectivity,
+        last_seen_at=machine.last_seen_at,
+    )
+
+    async def publish() -> None:
+        hub_of(resources).publish([event])
+
+    tasks.add_task(publish)
 
 
 def _group_read(group: MachineGroup) -> GroupDetail:
@@ -166,19 +188,33 @@ async def get_machine(machine_id: uuid.UUID, _: ReadMachines, session: DbSession
 
 @router.patch("/{machine_id}", responses=error_responses(404, 409, 422))
 async def update_machine(
-    machine_id: uuid.UUID, data: MachineUpdate, _: WriteMachines, session: DbSession
+    machine_id: uuid.UUID,
+    data: MachineUpdate,
+    _: WriteMachines,
+    session: DbSession,
+    resources: AppResources,
+    tasks: BackgroundTasks,
 ) -> MachineDetail:
     """Change any of a machine's fields; omitted fields stay as they are."""
+    previous = (await service.get_machine(session, machine_id)).status
     machine = await service.update_machine(session, machine_id=machine_id, data=data)
+    _status_after_commit(tasks, resources, machine, previous)
     return MachineDetail.model_validate(machine)
 
 
 @router.patch("/{machine_id}/status", responses=error_responses(404, 422))
 async def set_machine_status(
-    machine_id: uuid.UUID, data: MachineStatusUpdate, _: WriteMachines, session: DbSession
+    machine_id: uuid.UUID,
+    data: MachineStatusUpdate,
+    _: WriteMachines,
+    session: DbSession,
+    resources: AppResources,
+    tasks: BackgroundTasks,
 ) -> MachineDetail:
     """Set a machine's status (active, inactive, maintenance, error)."""
+    previous = (await service.get_machine(session, machine_id)).status
     machine = await service.set_status(session, machine_id=machine_id, status=data.status)
+    _status_after_commit(tasks, resources, machine, previous)
     return MachineDetail.model_validate(machine)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -56,13 +55,14 @@ class Event:
 
 def reading_events(rows: Iterable[StoredRow]) -> list[Event]:
     """One `reading` event per machine and timestamp, carrying all its metrics."""
-    grouped: dict[tuple[uuid.UUID, datetime], tuple[dict[str, float], dict[str, bool]]] = (
-        defaultdict(lambda: ({}, {}))
-    )
+    grouped: dict[tuple[uuid.UUID, datetime], tuple[dict[str, float], dict[str, bool]]] = {}
     for t, machine_id, metric, value, valid in rows:
-        metrics, flags = grouped[(machine_id, t)]
-        metrics[metric] = value
-        flags[metric] = valid
+        # A plain dict lookup: this loop runs for every committed row.
+        entry = grouped.get((machine_id, t))
+        if entry is None:
+            entry = grouped[(machine_id, t)] = ({}, {})
+        entry[0][metric] = value
+        entry[1][metric] = valid
     return [
         Event(
             {

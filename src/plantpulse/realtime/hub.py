@@ -7,6 +7,9 @@
 - `publish` delivers to this process's connections at once and, with Redis, sends the events
   to the other processes on `<prefix>events`; each process delivers what it receives to its own
   connections and skips what it sent itself, so nobody gets an event twice.
+- Machine connectivity changes committed by MQTT ingest (`resources.connectivity`) become
+  `machine_status` events the same way; the machines API publishes status changes itself,
+  after its request committed.
 - Delivery never awaits a socket: each connection has a bounded queue drained by its own task.
   A connection whose queue overflows is marked; its handler tells the client and closes it.
 """
@@ -24,8 +27,9 @@ from typing import Any
 from redis.asyncio import Redis
 
 from plantpulse.config import RealtimeSettings
+from plantpulse.machines.connectivity import ConnectivityChange
 from plantpulse.realtime.broadcast import Broadcast
-from plantpulse.realtime.events import Event, reading_events
+from plantpulse.realtime.events import Event, machine_status_event, reading_events
 from plantpulse.state import Resources
 from plantpulse.telemetry.writer import CommittedBatch
 
@@ -150,6 +154,19 @@ class Hub:
                     self.dropped_batches,
                 )
 
+    def on_connectivity(self, change: ConnectivityChange) -> None:
+        """ConnectivityFeed listener (called after the commit): never blocks."""
+        self.publish(
+            [
+                machine_status_event(
+                    change.machine_id,
+                    status=change.status,
+                    connectivity=change.connectivity,
+                    last_seen_at=change.last_seen_at,
+                )
+            ]
+        )
+
     def publish(self, events: list[Event]) -> None:
         """Deliver committed events here and in every other process."""
         if not events:
@@ -204,6 +221,8 @@ async def start_hub(resources: Resources, stack: AsyncExitStack) -> Hub:
     stack.push_async_callback(hub.stop)
     resources.writer.listeners.append(hub.on_commit)
     stack.callback(resources.writer.listeners.remove, hub.on_commit)
+    resources.connectivity.listeners.append(hub.on_connectivity)
+    stack.callback(resources.connectivity.listeners.remove, hub.on_connectivity)
     resources.extras[EXTRA] = hub
     return hub
 
