@@ -474,3 +474,22 @@ class TestInternalMailDomains:
             json={"username": "plantop", "email": "op@plant.local", "password": PASSWORD},
         )
         assert response.status_code == 201, response.text
+
+
+class TestTextThatPostgresCannotStore:
+    """Found by fuzzing the running service: NUL characters reached PostgreSQL (a 500)."""
+
+    @pytest.mark.parametrize("field", ["factory_id", "department"])
+    async def test_nul_in_registration_is_a_422(self, field: str, client: AsyncClient) -> None:
+        body = {"username": "nul-user", "email": "nul@example.com", "password": PASSWORD}
+        body[field] = "a\x00b"
+        response = await client.post("/api/v1/auth/register", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", field]
+
+    async def test_nul_in_login_username_is_a_422(self, client: AsyncClient) -> None:
+        response = await client.post(
+            "/api/v1/auth/login", json={"username": "ad\x00min", "password": PASSWORD}
+        )
+        assert response.status_code == 422, response.text
+        assert_error(response.json(), 422)

@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from plantpulse.alerts.models import Condition, RuleKind, RuleScope, Severity
-from plantpulse.schemas import UtcDatetime
+from plantpulse.schemas import Text, UtcDatetime
 
 DAY = 86_400.0
 
@@ -15,14 +15,14 @@ DAY = 86_400.0
 class _RuleFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Text = Field(min_length=1, max_length=128)
+    description: Text | None = Field(default=None, max_length=2000)
     enabled: bool = True
     kind: RuleKind = RuleKind.threshold
     scope: RuleScope
     machine_id: uuid.UUID | None = Field(default=None, description="Required for scope=machine")
     group_id: uuid.UUID | None = Field(default=None, description="Required for scope=group")
-    metric: str | None = Field(
+    metric: Text | None = Field(
         default=None, max_length=64, description="Required for threshold rules"
     )
     condition: Condition | None = Field(default=None, description="Required for threshold rules")
@@ -89,13 +89,13 @@ class AlertRuleUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Text | None = Field(default=None, min_length=1, max_length=128)
+    description: Text | None = Field(default=None, max_length=2000)
     enabled: bool | None = None
     scope: RuleScope | None = None
     machine_id: uuid.UUID | None = None
     group_id: uuid.UUID | None = None
-    metric: str | None = Field(default=None, max_length=64)
+    metric: Text | None = Field(default=None, max_length=64)
     condition: Condition | None = None
     threshold: float | None = None
     threshold_low: float | None = None

@@ -32,9 +32,8 @@ from plantpulse.machines.schemas import (
     MetricName,
     MetricRead,
     MetricUpdate,
-    storable,
 )
-from plantpulse.schemas import Page
+from plantpulse.schemas import Page, storable
 from plantpulse.state import AppResources
 
 router = APIRouter(
