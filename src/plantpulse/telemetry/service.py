@@ -99,6 +99,10 @@ async def database_errors() -> AsyncIterator[None]:
     """Turn a database outage (or failure) into a 503 envelope instead of a 500."""
     try:
         yield
+    except (asyncpg.DataError, ValueError):
+        # A value the database or its driver refuses (out of range, bad encoding) is a gap in
+        # our validation, not an outage: as a 503 clients would retry it forever.
+        raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         log.warning("telemetry database operation failed: %s: %s", type(exc).__name__, exc)
         raise DatabaseUnavailable(
@@ -147,7 +151,10 @@ def parse_time(value: str, *, now: datetime, name: str) -> datetime:
     relative = _RELATIVE.match(text)
     if relative:
         amount, unit = relative.groups()
-        return now - timedelta(seconds=int(amount) * _UNITS[unit])
+        try:
+            return now - timedelta(seconds=int(amount) * _UNITS[unit])
+        except OverflowError as exc:
+            raise InvalidQuery(f"{name}: {value[:40]!r} reaches before the year 1") from exc
     try:
         number = float(text)
     except ValueError:
@@ -171,7 +178,10 @@ def parse_time(value: str, *, now: datetime, name: str) -> datetime:
         ) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidQuery(f"{name}: {value[:40]!r} is out of range once in UTC") from exc
 
 
 @dataclass(frozen=True, slots=True)
