@@ -78,6 +78,13 @@ class TestRangeAndBuckets:
     def test_intervals(self, text: str, seconds: int) -> None:
         assert service.parse_interval(text) == timedelta(seconds=seconds)
 
+    @pytest.mark.parametrize("text", ["3651d", "999999d", "0m"])
+    def test_rejected_intervals(self, text: str) -> None:
+        # Found by fuzzing: a 999999d bucket of a 1970 reading starts before the year 1, which
+        # the database driver cannot decode (a 500).
+        with pytest.raises(InvalidQuery, match="interval"):
+            service.parse_interval(text)
+
     def test_bucket_start_matches_the_sql_origin(self) -> None:
         at = datetime(2024, 1, 15, 10, 37, 12, tzinfo=UTC)
         assert service.bucket_start(at, timedelta(minutes=15)) == at.replace(minute=30, second=0)

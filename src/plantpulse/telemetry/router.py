@@ -235,7 +235,8 @@ async def query_telemetry(
         str | None,
         Query(
             description="Bucket width `<n><s|m|h|d>` (1m, 5m, 15m, 1h, 1d): aggregate into "
-            "buckets instead of raw readings (at most 10,000 buckets per query)",
+            "buckets instead of raw readings (at most 10,000 buckets per query, at most "
+            "3650d wide)",
         ),
     ] = None,
     agg: Annotated[

@@ -36,6 +36,9 @@ MAX_FIELDS = 64
 # A bucketed answer never has more buckets than this: ask for a larger interval instead.
 MAX_BUCKETS = 10_000
 DEFAULT_RANGE = timedelta(hours=24)
+# Buckets are aligned on TimescaleDB's origin (2000-01-03): a much wider bucket holding a 1970
+# reading would start before the year 1, which no datetime can represent.
+MAX_INTERVAL = timedelta(days=3650)
 
 _RELATIVE = re.compile(r"^-(\d{1,9})([smhdw])$")
 _INTERVAL = re.compile(r"^(\d{1,6})([smhd])$")
@@ -218,7 +221,10 @@ def parse_interval(value: str) -> timedelta:
     if not match or int(match.group(1)) == 0:
         raise InvalidQuery(f"interval {value[:20]!r} must look like 30s, 1m, 5m, 15m, 1h or 1d")
     amount, unit = match.groups()
-    return timedelta(seconds=int(amount) * _UNITS[unit])
+    interval = timedelta(seconds=int(amount) * _UNITS[unit])
+    if interval > MAX_INTERVAL:
+        raise InvalidQuery(f"interval {value[:20]!r} is wider than {MAX_INTERVAL.days}d")
+    return interval
 
 
 def parse_aggregates(value: str | None) -> list[str]:
