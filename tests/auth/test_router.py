@@ -147,6 +147,16 @@ class TestRegister:
 
 
 class TestLogin:
+    async def test_deeply_nested_json_is_a_400(self, client: AsyncClient) -> None:
+        # Found by fuzzing the running service: RecursionError in the JSON decoder (a 500).
+        response = await client.post(
+            "/api/v1/auth/login",
+            content=b"[" * 100_000 + b"]" * 100_000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert_error(response.json(), 400, "BadRequest")
+
     async def test_json_login_returns_tokens_and_user(
         self, client: AsyncClient, make_user: UserFactory
     ) -> None:
