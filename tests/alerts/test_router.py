@@ -328,7 +328,7 @@ class TestEndToEnd:
         )
 
 
-class TestHostileQueries:
+class TestHostileInput:
     """Found by fuzzing the running service: each was a 500."""
 
     @pytest.mark.parametrize("path", ["/api/v1/alert-rules", "/api/v1/alerts"])
@@ -371,3 +371,22 @@ class TestHostileQueries:
             f"/api/v1/alert-rules/{uuid.uuid4()}", json={field: "a\x00"}, headers=headers
         )
         assert patched.status_code == 422, patched.text
+
+    @pytest.mark.parametrize(
+        "field", ["name", "enabled", "scope", "severity", "duration_seconds", "hysteresis"]
+    )
+    async def test_null_for_a_field_that_cannot_be_cleared_is_a_422(
+        self,
+        field: str,
+        committed_rule: RuleFactory,
+        client: AsyncClient,
+        make_user: UserFactory,
+        auth_headers: Headers,
+    ) -> None:
+        rule = await committed_rule(scope="fleet")
+        headers = auth_headers(await make_user(Role.management))
+        response = await client.patch(
+            f"/api/v1/alert-rules/{rule.id}", json={field: None}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert f"{field} cannot be null" in response.json()["detail"]

@@ -105,6 +105,20 @@ class AlertRuleUpdate(BaseModel):
     hysteresis: float | None = Field(default=None, ge=0)
     no_data_seconds: float | None = Field(default=None, ge=1, le=30 * DAY)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _required_fields_not_null(cls, data: Any) -> Any:
+        # Omitted means unchanged; null clears a nullable field. These columns have no empty
+        # state, so an explicit null is a validation error (it was a NOT NULL violation).
+        if isinstance(data, dict):
+            nulls = [name for name in _NOT_NULL if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} cannot be null")
+        return data
+
+
+_NOT_NULL = ("name", "enabled", "scope", "severity", "duration_seconds", "hysteresis")
+
 
 class AlertRuleRead(BaseModel):
     model_config = ConfigDict(from_attributes=True)
