@@ -390,3 +390,22 @@ class TestHostileInput:
         )
         assert response.status_code == 422, response.text
         assert f"{field} cannot be null" in response.json()["detail"]
+
+    async def test_nul_in_an_acknowledgement_comment_is_a_422(
+        self,
+        committed_machine: MachineFactory,
+        committed_rule: RuleFactory,
+        pg_pool: asyncpg.Pool,
+        client: AsyncClient,
+        make_user: UserFactory,
+        auth_headers: Headers,
+    ) -> None:
+        machine = await committed_machine()
+        rule = await committed_rule(scope="machine", machine_id=machine)
+        alert_id = await insert_alert(pg_pool, rule.id, machine)
+        headers = auth_headers(await make_user(Role.operator))
+        response = await client.post(
+            f"/api/v1/alerts/{alert_id}/acknowledge", json={"comment": "on\x00it"}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "comment"]
