@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
@@ -50,6 +52,62 @@ class TestErrorEnvelope:
         for code in ("401", "403", "404", "422"):
             schema = responses[code]["content"]["application/json"]["schema"]
             assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, code
+
+
+class TestOpenApiErrorShapes:
+    """Found by fuzzing the running service against its own OpenAPI document."""
+
+    @staticmethod
+    def _operations(app: FastAPI) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (f"{method.upper()} {path}", operation)
+            for path, item in app.openapi()["paths"].items()
+            for method, operation in item.items()
+        ]
+
+    def test_every_documented_4xx_is_the_envelope(
+        self, running_app: tuple[FastAPI, object]
+    ) -> None:
+        app, _ = running_app
+        schemas = app.openapi()["components"]["schemas"]
+
+        def is_envelope(schema: dict[str, Any]) -> bool:
+            if "$ref" in schema:
+                return is_envelope(schemas[schema["$ref"].rsplit("/", 1)[-1]])
+            if "anyOf" in schema:
+                return all(is_envelope(s) for s in schema["anyOf"])
+            return {"error", "detail", "status"} <= set(schema.get("required", []))
+
+        wrong = [
+            f"{name} {code}"
+            for name, operation in self._operations(app)
+            for code, response in operation["responses"].items()
+            if code.startswith("4")
+            and not is_envelope(response["content"]["application/json"]["schema"])
+        ]
+        assert wrong == []
+        assert "HTTPValidationError" not in schemas
+
+    def test_every_route_with_a_body_documents_400(
+        self, running_app: tuple[FastAPI, object]
+    ) -> None:
+        # A body that is not UTF-8 is a 400 envelope before validation runs.
+        app, _ = running_app
+        missing = [
+            name
+            for name, operation in self._operations(app)
+            if "requestBody" in operation and "400" not in operation["responses"]
+        ]
+        assert missing == []
+
+    async def test_a_body_that_is_not_utf8_is_a_400_envelope(self, client: AsyncClient) -> None:
+        response = await client.post(
+            "/api/v1/auth/register",
+            content=b"\xff\xfe{",
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400
+        assert response.json()["error"] == "BadRequest"
 
 
 class TestSettings:

@@ -25,7 +25,7 @@ from plantpulse.auth.router import router as auth_router
 from plantpulse.auth.router import users_router
 from plantpulse.config import Settings
 from plantpulse.db import make_engine, make_sessionmaker
-from plantpulse.errors import install_error_handlers
+from plantpulse.errors import document_error_envelope, install_error_handlers
 from plantpulse.health.router import router as health_router
 from plantpulse.ingest.mqtt import MqttIngest
 from plantpulse.ingest.router import router as ingest_router
@@ -162,6 +162,7 @@ def _install_docs(app: FastAPI) -> None:
                     description = operation.get("description")
                     if isinstance(description, str) and description.strip():
                         operation["summary"] = description.strip().splitlines()[0].rstrip(".")
+            document_error_envelope(schema)
         return app.openapi_schema or generate()
 
     app.openapi = openapi  # type: ignore[method-assign]

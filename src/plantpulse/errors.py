@@ -7,6 +7,7 @@ Validation errors add `errors` (one entry per field); unexpected exceptions add 
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Mapping
@@ -119,6 +120,38 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
         code: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
         for code in codes
     }
+
+
+def document_error_envelope(schema: dict[str, Any]) -> None:
+    """Make the OpenAPI document say what the handlers below do: FastAPI's default 422 schema
+    (HTTPValidationError, never sent) becomes the envelope, and every route that reads a body
+    documents the 400 for a body that cannot be decoded (FastAPI answers it before validation)."""
+    components = schema.get("components", {}).get("schemas", {})
+    if "ErrorResponse" not in components:
+        return
+    default_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
+    for item in schema.get("paths", {}).values():
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            for code, response in responses.items():
+                body = response.get("content", {}).get("application/json", {})
+                if body.get("schema") == default_422:
+                    body["schema"] = {"$ref": "#/components/schemas/ErrorResponse"}
+                    response["description"] = _DESCRIPTIONS.get(int(code), "Error")
+            if "requestBody" in operation and "400" not in responses:
+                responses["400"] = {
+                    "description": _DESCRIPTIONS[400],
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
+                        }
+                    },
+                }
+            operation["responses"] = dict(sorted(responses.items()))
+    # In this order: FastAPI's ValidationError is referenced only by HTTPValidationError.
+    for name in ("HTTPValidationError", "ValidationError"):
+        if f'"#/components/schemas/{name}"' not in json.dumps(schema):
+            components.pop(name, None)
 
 
 def envelope(

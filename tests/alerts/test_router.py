@@ -326,3 +326,86 @@ class TestEndToEnd:
         await pg_pool.execute(
             "DELETE FROM alert_rules WHERE id = $1", uuid.UUID(created.json()["id"])
         )
+
+
+class TestHostileInput:
+    """Found by fuzzing the running service: each was a 500."""
+
+    @pytest.mark.parametrize("path", ["/api/v1/alert-rules", "/api/v1/alerts"])
+    async def test_offset_beyond_the_database_integer_is_a_422(
+        self, path: str, client: AsyncClient, make_user: UserFactory, auth_headers: Headers
+    ) -> None:
+        headers = auth_headers(await make_user(Role.management))
+        response = await client.get(path, params={"offset": 2**63}, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", "offset"]
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("since", "9999-12-31T23:59:59-14:00"), ("until", "0001-01-01T00:00:00+14:00")],
+    )
+    async def test_timestamp_outside_the_utc_range_is_a_422(
+        self,
+        name: str,
+        value: str,
+        client: AsyncClient,
+        make_user: UserFactory,
+        auth_headers: Headers,
+    ) -> None:
+        headers = auth_headers(await make_user(Role.operator))
+        response = await client.get("/api/v1/alerts", params={name: value}, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", name]
+
+    @pytest.mark.parametrize("field", ["name", "description", "metric"])
+    async def test_nul_in_a_rule_text_is_a_422(
+        self, field: str, client: AsyncClient, make_user: UserFactory, auth_headers: Headers
+    ) -> None:
+        headers = auth_headers(await make_user(Role.management))
+        body = {"name": "hot", "scope": "fleet", "metric": "temp", "condition": ">", "threshold": 1}
+        body[field] = "te\x00mp"
+        response = await client.post("/api/v1/alert-rules", json=body, headers=headers)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", field]
+        patched = await client.patch(
+            f"/api/v1/alert-rules/{uuid.uuid4()}", json={field: "a\x00"}, headers=headers
+        )
+        assert patched.status_code == 422, patched.text
+
+    @pytest.mark.parametrize(
+        "field", ["name", "enabled", "scope", "severity", "duration_seconds", "hysteresis"]
+    )
+    async def test_null_for_a_field_that_cannot_be_cleared_is_a_422(
+        self,
+        field: str,
+        committed_rule: RuleFactory,
+        client: AsyncClient,
+        make_user: UserFactory,
+        auth_headers: Headers,
+    ) -> None:
+        rule = await committed_rule(scope="fleet")
+        headers = auth_headers(await make_user(Role.management))
+        response = await client.patch(
+            f"/api/v1/alert-rules/{rule.id}", json={field: None}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert f"{field} cannot be null" in response.json()["detail"]
+
+    async def test_nul_in_an_acknowledgement_comment_is_a_422(
+        self,
+        committed_machine: MachineFactory,
+        committed_rule: RuleFactory,
+        pg_pool: asyncpg.Pool,
+        client: AsyncClient,
+        make_user: UserFactory,
+        auth_headers: Headers,
+    ) -> None:
+        machine = await committed_machine()
+        rule = await committed_rule(scope="machine", machine_id=machine)
+        alert_id = await insert_alert(pg_pool, rule.id, machine)
+        headers = auth_headers(await make_user(Role.operator))
+        response = await client.post(
+            f"/api/v1/alerts/{alert_id}/acknowledge", json={"comment": "on\x00it"}, headers=headers
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "comment"]

@@ -147,6 +147,16 @@ class TestRegister:
 
 
 class TestLogin:
+    async def test_deeply_nested_json_is_a_400(self, client: AsyncClient) -> None:
+        # Found by fuzzing the running service: RecursionError in the JSON decoder (a 500).
+        response = await client.post(
+            "/api/v1/auth/login",
+            content=b"[" * 100_000 + b"]" * 100_000,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 400, response.text
+        assert_error(response.json(), 400, "BadRequest")
+
     async def test_json_login_returns_tokens_and_user(
         self, client: AsyncClient, make_user: UserFactory
     ) -> None:
@@ -474,3 +484,22 @@ class TestInternalMailDomains:
             json={"username": "plantop", "email": "op@plant.local", "password": PASSWORD},
         )
         assert response.status_code == 201, response.text
+
+
+class TestTextThatPostgresCannotStore:
+    """Found by fuzzing the running service: NUL characters reached PostgreSQL (a 500)."""
+
+    @pytest.mark.parametrize("field", ["factory_id", "department"])
+    async def test_nul_in_registration_is_a_422(self, field: str, client: AsyncClient) -> None:
+        body = {"username": "nul-user", "email": "nul@example.com", "password": PASSWORD}
+        body[field] = "a\x00b"
+        response = await client.post("/api/v1/auth/register", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", field]
+
+    async def test_nul_in_login_username_is_a_422(self, client: AsyncClient) -> None:
+        response = await client.post(
+            "/api/v1/auth/login", json={"username": "ad\x00min", "password": PASSWORD}
+        )
+        assert response.status_code == 422, response.text
+        assert_error(response.json(), 422)

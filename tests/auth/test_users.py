@@ -176,3 +176,19 @@ class TestLastManagementAccount:
         )
         assert response.status_code == 200
         assert response.json()["role"] == "supervisor"
+
+
+class TestTextThatPostgresCannotStore:
+    async def test_nul_in_an_update_is_a_422(
+        self, client: AsyncClient, make_user: UserFactory, auth_headers: Headers
+    ) -> None:
+        # Found by fuzzing the running service: NUL characters reached PostgreSQL (a 500).
+        manager = await make_user(Role.management)
+        user = await make_user()
+        response = await client.patch(
+            f"/api/v1/users/{user.id}",
+            headers=auth_headers(manager),
+            json={"department": "qa\x00"},
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["body", "department"]

@@ -94,3 +94,38 @@ class TestStats:
         response = await client.get("/api/v1/ingest/stats", headers=admin)
         assert response.status_code == 200
         assert response.json()["enabled"] is False
+
+
+class TestHostileQueries:
+    """Found by fuzzing the running service: each was a 500."""
+
+    async def test_offset_beyond_the_database_integer_is_a_422(
+        self, client: AsyncClient, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(
+            "/api/v1/ingest/dead-letters", params={"offset": 2**64}, headers=admin
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", "offset"]
+
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("since", "9999-12-31T23:59:59-14:00"), ("until", "0001-01-01T00:00:00+14:00")],
+    )
+    async def test_timestamp_outside_the_utc_range_is_a_422(
+        self, name: str, value: str, client: AsyncClient, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(
+            "/api/v1/ingest/dead-letters", params={name: value}, headers=admin
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", name]
+
+    async def test_nul_in_the_topic_is_a_422(
+        self, client: AsyncClient, admin: dict[str, str]
+    ) -> None:
+        response = await client.get(
+            "/api/v1/ingest/dead-letters", params={"topic": "a\x00b"}, headers=admin
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", "topic"]

@@ -217,3 +217,16 @@ class TestRetention:
             "SELECT count(*) FROM readings WHERE machine_id = $1", machine
         )
         assert left == 2
+
+
+class TestHostileQueries:
+    async def test_audit_offset_beyond_the_database_integer_is_a_422(
+        self, client: AsyncClient, make_user: UserFactory, auth_headers: Headers
+    ) -> None:
+        # Found by fuzzing the running service: it was a 500.
+        user = await make_user(Role.supervisor)
+        response = await client.get(
+            "/api/v1/config/audit", params={"offset": 2**70}, headers=auth_headers(user)
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", "offset"]

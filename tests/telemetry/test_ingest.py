@@ -306,6 +306,32 @@ class TestTimestampBoundaries:
         # From 1e11 on it is milliseconds.
         assert times[6.0] == datetime(1973, 3, 3, 9, 46, 40, tzinfo=UTC)
 
+    async def test_timestamps_out_of_range_and_huge_values_are_rejected_not_500(
+        self,
+        client: AsyncClient,
+        supervisor: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+    ) -> None:
+        # Found by fuzzing the running service: the first two were 500s, the third a 503
+        # ("database unavailable") because TimescaleDB refuses year 1.
+        m = await committed_machine()
+        payload = {
+            "readings": [
+                {"timestamp": "9999-12-31T23:59:59-14:00", "a": 1},
+                {"timestamp": "2024-01-15T10:30:00Z", "a": 10**400, "b": 2},
+                {"timestamp": "0001-01-01T00:00:00Z", "a": 3},
+            ]
+        }
+        response = await client.post(device(m), json=payload, headers=supervisor)
+        assert response.status_code == 207, response.text
+        assert [i["where"] for i in response.json()["rejected_items"]] == [
+            "readings[0].timestamp",
+            "readings[1].a",
+            "readings[2].timestamp",
+        ]
+        assert await stored(pg_pool, m) == [(T0, "b", 2.0)]
+
 
 class TestDeviceRoute:
     async def test_data_shape_is_stored(

@@ -114,3 +114,13 @@ class TestFleetLatest:
         response = await client.get(FLEET, params={"machine_ids": machine_ids}, headers=operator)
         assert response.status_code == 422
         assert fragment in response.json()["detail"]
+
+
+class TestHostileQueries:
+    async def test_fleet_offset_beyond_the_database_integer_is_a_422(
+        self, client: AsyncClient, operator: dict[str, str]
+    ) -> None:
+        # Found by fuzzing the running service: it was a 503 "database unavailable".
+        response = await client.get(FLEET, params={"offset": 2**100}, headers=operator)
+        assert response.status_code == 422, response.text
+        assert response.json()["errors"][0]["loc"] == ["query", "offset"]

@@ -46,6 +46,12 @@ class TestTimestamps:
             (math.inf, "finite"),
             ({"a": 1}, "ISO 8601 or epoch"),
             (1e20, "out of range"),
+            # Found by fuzzing: out of range once in UTC (a 500 before, or a dead letter).
+            ("9999-12-31T23:59:59-14:00", "out of range"),
+            ("0001-01-01T00:00:00+14:00", "out of range"),
+            # TimescaleDB cannot store year 1; nothing before the epoch can be a reading.
+            ("0001-01-01T00:00:00Z", "before 1970"),
+            ("1969-12-31T23:59:59Z", "before 1970"),
         ],
     )
     def test_rejected_forms(self, value: object, reason: str) -> None:
@@ -107,6 +113,14 @@ class TestSingleDevice:
         )
         assert [r[2] for r in parsed.rows] == ["d"]
         assert len(parsed.rejected) == 3
+
+    def test_integer_too_large_for_a_float_is_rejected(self) -> None:
+        # Found by fuzzing: float(10**400) raised OverflowError (a 500).
+        parsed = single_device({"a": 10**400, "b": 2}, machine_id=M1, clock=CLOCK)
+        assert [r[2] for r in parsed.rows] == ["b"]
+        assert [(r.where, r.reason) for r in parsed.rejected] == [
+            ("$.a", "value of 'a' is not finite")
+        ]
 
     def test_bad_metric_name_is_rejected(self) -> None:
         parsed = single_device({"bad name": 1, "x" * 65: 2, "ok": 3}, machine_id=M1, clock=CLOCK)

@@ -598,3 +598,22 @@ class TestCache:
             assert deleted.json()["deleted"] == 18
         finally:
             await dead.aclose()
+
+
+class TestHostileTimes:
+    @pytest.mark.parametrize(
+        "start", ["9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00+14:00", "-999999999w"]
+    )
+    async def test_start_time_that_overflows_is_a_422(
+        self,
+        start: str,
+        client: AsyncClient,
+        operator: dict[str, str],
+        committed_machine: MachineFactory,
+    ) -> None:
+        # Found by fuzzing the running service: each was a 500.
+        m = await committed_machine()
+        response = await client.get(url(m), params={"start_time": start}, headers=operator)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "InvalidQuery"
+        assert response.json()["detail"].startswith("start_time:")

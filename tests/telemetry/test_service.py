@@ -2,10 +2,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
 import pytest
 
 from plantpulse.telemetry import service
 from plantpulse.telemetry.service import InvalidQuery
+from tests import support
 
 NOW = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
@@ -33,7 +35,23 @@ class TestParseTime:
     def test_accepted_forms(self, text: str, expected: datetime) -> None:
         assert service.parse_time(text, now=NOW, name="t") == expected
 
-    @pytest.mark.parametrize("text", ["yesterday", "-1y", "+1h", "-h", "-1e9d", "nan", "-5"])
+    @pytest.mark.parametrize(
+        "text",
+        [
+            "yesterday",
+            "-1y",
+            "+1h",
+            "-h",
+            "-1e9d",
+            "nan",
+            "-5",
+            # Found by fuzzing: these overflowed datetime arithmetic (a 500).
+            "-999999999w",
+            "-999999999d",
+            "9999-12-31T23:59:59-14:00",
+            "0001-01-01T00:00:00+14:00",
+        ],
+    )
     def test_rejected_forms(self, text: str) -> None:
         with pytest.raises(InvalidQuery):
             service.parse_time(text, now=NOW, name="t")
@@ -60,6 +78,13 @@ class TestRangeAndBuckets:
     def test_intervals(self, text: str, seconds: int) -> None:
         assert service.parse_interval(text) == timedelta(seconds=seconds)
 
+    @pytest.mark.parametrize("text", ["3651d", "999999d", "0m"])
+    def test_rejected_intervals(self, text: str) -> None:
+        # Found by fuzzing: a 999999d bucket of a 1970 reading starts before the year 1, which
+        # the database driver cannot decode (a 500).
+        with pytest.raises(InvalidQuery, match="interval"):
+            service.parse_interval(text)
+
     def test_bucket_start_matches_the_sql_origin(self) -> None:
         at = datetime(2024, 1, 15, 10, 37, 12, tzinfo=UTC)
         assert service.bucket_start(at, timedelta(minutes=15)) == at.replace(minute=30, second=0)
@@ -72,3 +97,33 @@ class TestRangeAndBuckets:
         service.check_bucket_count(window, timedelta(minutes=2))
         with pytest.raises(InvalidQuery, match="11520 buckets"):
             service.check_bucket_count(window, timedelta(minutes=1))
+
+
+class TestDatabaseErrors:
+    """Found by fuzzing: values the database refused were answered as "database unavailable"."""
+
+    @pytest.mark.parametrize(
+        ("query", "argument"),
+        [
+            ("SELECT $1::bigint", 2**70),  # refused by the driver
+            ("SELECT 1 / $1::int", 0),  # refused by PostgreSQL (SQLSTATE class 22)
+        ],
+    )
+    async def test_a_refused_value_is_not_an_outage(
+        self, pg_pool: asyncpg.Pool, query: str, argument: int
+    ) -> None:
+        with pytest.raises((asyncpg.DataError, ValueError)) as caught:
+            async with service.database_errors():
+                await pg_pool.fetchval(query, argument)
+        assert not isinstance(caught.value, service.DatabaseUnavailable)
+
+    async def test_an_unreachable_database_is_an_outage(self) -> None:
+        dead = await asyncpg.create_pool(
+            f"postgresql://postgres@127.0.0.1:{support.free_port()}/none", min_size=0
+        )
+        try:
+            with pytest.raises(service.DatabaseUnavailable):
+                async with service.database_errors():
+                    await dead.fetchval("SELECT 1")
+        finally:
+            await dead.close()

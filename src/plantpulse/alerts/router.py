@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Depends, Query, status
@@ -21,7 +20,7 @@ from plantpulse.auth.permissions import Permission
 from plantpulse.db import DbSession
 from plantpulse.errors import error_responses
 from plantpulse.realtime.hub import hub_of
-from plantpulse.schemas import Page
+from plantpulse.schemas import InputDatetime, Offset, Page
 from plantpulse.state import AppResources, Resources
 
 rules_router = APIRouter(
@@ -36,7 +35,6 @@ WriteConfig = Annotated[Principal, Depends(require(Permission.config_write))]
 ReadAlerts = Annotated[Principal, Depends(require(Permission.alerts_read))]
 AckAlerts = Annotated[Principal, Depends(require(Permission.alerts_ack))]
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
 
 
 # Background tasks run after the response, so after DbSession committed. They are coroutines
@@ -149,8 +147,8 @@ async def list_alerts(
     severity: Severity | None = None,
     machine_id: uuid.UUID | None = None,
     rule_id: uuid.UUID | None = None,
-    since: Annotated[datetime | None, Query(description="raised_at >= since")] = None,
-    until: Annotated[datetime | None, Query(description="raised_at < until")] = None,
+    since: Annotated[InputDatetime | None, Query(description="raised_at >= since")] = None,
+    until: Annotated[InputDatetime | None, Query(description="raised_at < until")] = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> Page[AlertRead]:

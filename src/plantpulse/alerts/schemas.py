@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from plantpulse.alerts.models import Condition, RuleKind, RuleScope, Severity
-from plantpulse.schemas import UtcDatetime
+from plantpulse.schemas import Text, UtcDatetime
 
 DAY = 86_400.0
 
@@ -15,14 +15,14 @@ DAY = 86_400.0
 class _RuleFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(min_length=1, max_length=128)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Text = Field(min_length=1, max_length=128)
+    description: Text | None = Field(default=None, max_length=2000)
     enabled: bool = True
     kind: RuleKind = RuleKind.threshold
     scope: RuleScope
     machine_id: uuid.UUID | None = Field(default=None, description="Required for scope=machine")
     group_id: uuid.UUID | None = Field(default=None, description="Required for scope=group")
-    metric: str | None = Field(
+    metric: Text | None = Field(
         default=None, max_length=64, description="Required for threshold rules"
     )
     condition: Condition | None = Field(default=None, description="Required for threshold rules")
@@ -89,13 +89,13 @@ class AlertRuleUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-    description: str | None = Field(default=None, max_length=2000)
+    name: Text | None = Field(default=None, min_length=1, max_length=128)
+    description: Text | None = Field(default=None, max_length=2000)
     enabled: bool | None = None
     scope: RuleScope | None = None
     machine_id: uuid.UUID | None = None
     group_id: uuid.UUID | None = None
-    metric: str | None = Field(default=None, max_length=64)
+    metric: Text | None = Field(default=None, max_length=64)
     condition: Condition | None = None
     threshold: float | None = None
     threshold_low: float | None = None
@@ -104,6 +104,20 @@ class AlertRuleUpdate(BaseModel):
     duration_seconds: float | None = Field(default=None, ge=0, le=DAY)
     hysteresis: float | None = Field(default=None, ge=0)
     no_data_seconds: float | None = Field(default=None, ge=1, le=30 * DAY)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _required_fields_not_null(cls, data: Any) -> Any:
+        # Omitted means unchanged; null clears a nullable field. These columns have no empty
+        # state, so an explicit null is a validation error (it was a NOT NULL violation).
+        if isinstance(data, dict):
+            nulls = [name for name in _NOT_NULL if name in data and data[name] is None]
+            if nulls:
+                raise ValueError(f"{', '.join(nulls)} cannot be null")
+        return data
+
+
+_NOT_NULL = ("name", "enabled", "scope", "severity", "duration_seconds", "hysteresis")
 
 
 class AlertRuleRead(BaseModel):
@@ -159,4 +173,4 @@ class AlertRead(BaseModel):
 class AcknowledgeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    comment: str | None = Field(default=None, max_length=2000)
+    comment: Text | None = Field(default=None, max_length=2000)

@@ -79,8 +79,8 @@ async def _login_body(request: Request) -> LoginRequest:
     elif content_type in ("application/json", ""):
         try:
             raw = json.loads(await request.body() or b"null")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadRequest(f"request body is not valid JSON: {exc}") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+            raise BadRequest(f"request body is not valid JSON: {str(exc)[:200]}") from exc
     else:
         raise BadRequest(f"unsupported content type {content_type!r}; send JSON or form data")
     try:

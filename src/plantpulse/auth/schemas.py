@@ -7,7 +7,7 @@ import email_validator
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, field_validator
 
 from plantpulse.auth.permissions import Permission, Role
-from plantpulse.schemas import UtcDatetime
+from plantpulse.schemas import Text, UtcDatetime
 
 MIN_PASSWORD_LENGTH = 8
 
@@ -33,8 +33,8 @@ class UserCreate(BaseModel):
     username: str = Username
     email: EmailStr
     password: str = Field(description=f"At least {MIN_PASSWORD_LENGTH} characters")
-    factory_id: str | None = Field(default=None, max_length=64)
-    department: str | None = Field(default=None, max_length=128)
+    factory_id: Text | None = Field(default=None, max_length=64)
+    department: Text | None = Field(default=None, max_length=128)
     role: Role | None = Field(
         default=None, description="Honoured only when a management user makes the call"
     )
@@ -47,8 +47,8 @@ class UserUpdate(BaseModel):
 
     role: Role | None = None
     is_active: bool | None = None
-    department: str | None = Field(default=None, max_length=128)
-    factory_id: str | None = Field(default=None, max_length=64)
+    department: Text | None = Field(default=None, max_length=128)
+    factory_id: Text | None = Field(default=None, max_length=64)
 
 
 class UserRead(BaseModel):
@@ -71,7 +71,7 @@ class Me(UserRead):
 
 
 class LoginRequest(BaseModel):
-    username: str = Field(min_length=1, max_length=254, description="Username or email")
+    username: Text = Field(min_length=1, max_length=254, description="Username or email")
     password: str = Field(min_length=1, max_length=1024)
 
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -12,7 +11,7 @@ from plantpulse.errors import InvalidInput, error_responses
 from plantpulse.ingest import service
 from plantpulse.ingest.decoders import Reason
 from plantpulse.ingest.schemas import DeadLetterRead, IngestStats
-from plantpulse.schemas import Page
+from plantpulse.schemas import InputDatetime, Offset, Page, Text
 from plantpulse.state import AppResources
 
 router = APIRouter(prefix="/api/v1/ingest", tags=["ingest"], responses=error_responses(401, 403))
@@ -24,13 +23,15 @@ IngestAdmin = Annotated[Principal, Depends(require(Permission.ingest_admin))]
 async def list_dead_letters(
     _: IngestAdmin,
     session: DbSession,
-    since: Annotated[datetime | None, Query(description="Received at or after (ISO 8601)")] = None,
-    until: Annotated[datetime | None, Query(description="Received before (ISO 8601)")] = None,
+    since: Annotated[
+        InputDatetime | None, Query(description="Received at or after (ISO 8601)")
+    ] = None,
+    until: Annotated[InputDatetime | None, Query(description="Received before (ISO 8601)")] = None,
     reason: Annotated[Reason | None, Query(description="Only this reason code")] = None,
     source: Literal["mqtt", "http"] | None = None,
-    topic: Annotated[str | None, Query(max_length=1024, description="Exact topic")] = None,
+    topic: Annotated[Text | None, Query(max_length=1024, description="Exact topic")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[DeadLetterRead]:
     """Messages that could not be ingested, newest first, with the reason."""
     for name, value in (("since", since), ("until", until)):

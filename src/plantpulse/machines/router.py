@@ -32,11 +32,10 @@ from plantpulse.machines.schemas import (
     MetricName,
     MetricRead,
     MetricUpdate,
-    storable,
 )
 from plantpulse.realtime.events import machine_status_event
 from plantpulse.realtime.hub import hub_of
-from plantpulse.schemas import Page
+from plantpulse.schemas import Page, storable
 from plantpulse.state import AppResources, Resources
 
 router = APIRouter(

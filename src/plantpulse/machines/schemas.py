@@ -13,24 +13,12 @@ from pydantic import (
 )
 
 from plantpulse.machines.models import Connectivity, MachineStatus
-from plantpulse.schemas import UtcDatetime
+from plantpulse.schemas import UtcDatetime, storable
 from plantpulse.telemetry.payloads import METRIC_NAME
 
 MAX_TAGS = 32
 MAX_LABELS = 64
 MAX_GROUP_MEMBERS_PER_REQUEST = 1000
-
-
-def storable(value: str) -> str:
-    """PostgreSQL text cannot hold NUL, and lone surrogates cannot be encoded as UTF-8:
-    reject both here so they are a 422, not a database error."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError("must be valid Unicode text") from exc
-    return value
 
 
 Name = Annotated[

@@ -8,7 +8,7 @@ from plantpulse.auth.dependencies import Principal, require
 from plantpulse.auth.permissions import Permission
 from plantpulse.db import DbSession
 from plantpulse.errors import error_responses
-from plantpulse.schemas import Page
+from plantpulse.schemas import Offset, Page
 from plantpulse.state import AppResources
 from plantpulse.sysconfig import service
 from plantpulse.sysconfig.schemas import ConfigAuditRead, ConfigEntryRead, ConfigUpdate
@@ -39,7 +39,7 @@ async def list_config_audit(
     session: DbSession,
     key: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
 ) -> Page[ConfigAuditRead]:
     """Changes to system settings, newest first (optionally for one key)."""
     rows, total = await service.list_audit(session, key=key, limit=limit, offset=offset)

@@ -7,7 +7,8 @@ drops the good ones next to it. Rules:
   strings, booleans, objects and non-finite numbers are rejected with a reason;
 - `timestamp` is ISO 8601 with a UTC offset, or epoch seconds / milliseconds (numbers from
   1e11 on are milliseconds); a reading without one takes the batch's, then the server's time;
-- timestamps more than `future_skew` into the future are rejected;
+- timestamps more than `future_skew` into the future are rejected, and so are those before
+  1970 (epoch values cannot express them, and TimescaleDB cannot store the earliest years);
 - `timestamp` and `valid` are never metric names: query responses use them as keys of the
   wide rows (`{"timestamp": ..., "temperature": ..., "valid": {...}}`).
 """
@@ -26,6 +27,7 @@ Row = tuple[datetime, uuid.UUID, str, float]
 
 METRIC_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:/\-]{0,63}$")
 EPOCH_MS_THRESHOLD = 1e11
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 RESERVED_KEYS = frozenset({"timestamp"})
 RESERVED_METRIC_NAMES = frozenset({"timestamp", "valid"})
 
@@ -80,7 +82,12 @@ def parse_timestamp(value: Any, clock: Clock) -> datetime:
             raise ValueError(f"timestamp {value[:40]!r} is not ISO 8601") from exc
         if result.tzinfo is None:
             raise ValueError(f"timestamp {value[:40]!r} has no UTC offset (add 'Z' or '+01:00')")
-        result = result.astimezone(UTC)
+        try:
+            result = result.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError(f"timestamp {value[:40]!r} is out of range once in UTC") from exc
+        if result < EPOCH:
+            raise ValueError(f"timestamp {value[:40]!r} is before 1970")
     else:
         raise ValueError("timestamp must be ISO 8601 or epoch seconds/milliseconds")
     if result > clock.now + clock.future_skew:
@@ -94,7 +101,11 @@ def parse_timestamp(value: Any, clock: Clock) -> datetime:
 def _metric_value(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"value of {name!r} is not a number")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:
+        # An integer beyond the float range: as unusable as infinity.
+        number = math.inf
     if not math.isfinite(number):
         raise ValueError(f"value of {name!r} is not finite")
     return number

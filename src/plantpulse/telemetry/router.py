@@ -25,6 +25,7 @@ from plantpulse.errors import (
 from plantpulse.machines import service as machines
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.dependencies import TelemetrySender
+from plantpulse.schemas import Offset
 from plantpulse.state import AppResources, Resources
 from plantpulse.telemetry import payloads, queries, service
 from plantpulse.telemetry.cache import TelemetryCache
@@ -67,7 +68,8 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
         "reading = one metric value at one time); nothing was stored",
     },
     422: {
-        "model": IngestRejected,
+        # NothingAccepted carries the ingest counts; a wrong shape is the plain envelope.
+        "model": IngestRejected | ErrorResponse,
         "description": "Nothing was accepted (or the payload has the wrong shape)",
     },
 }
@@ -233,7 +235,8 @@ async def query_telemetry(
         str | None,
         Query(
             description="Bucket width `<n><s|m|h|d>` (1m, 5m, 15m, 1h, 1d): aggregate into "
-            "buckets instead of raw readings (at most 10,000 buckets per query)",
+            "buckets instead of raw readings (at most 10,000 buckets per query, at most "
+            "3650d wide)",
         ),
     ] = None,
     agg: Annotated[
@@ -441,7 +444,7 @@ async def fleet_latest(
         Query(description="Comma-separated machine ids (at most 1000); default: all machines"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_FLEET, description="Machines per page")] = MAX_FLEET,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     include_invalid: IncludeInvalid = False,
 ) -> Response:
     """The newest value of every metric of many machines (the fleet view), by event time."""

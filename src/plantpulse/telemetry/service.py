@@ -36,6 +36,9 @@ MAX_FIELDS = 64
 # A bucketed answer never has more buckets than this: ask for a larger interval instead.
 MAX_BUCKETS = 10_000
 DEFAULT_RANGE = timedelta(hours=24)
+# Buckets are aligned on TimescaleDB's origin (2000-01-03): a much wider bucket holding a 1970
+# reading would start before the year 1, which no datetime can represent.
+MAX_INTERVAL = timedelta(days=3650)
 
 _RELATIVE = re.compile(r"^-(\d{1,9})([smhdw])$")
 _INTERVAL = re.compile(r"^(\d{1,6})([smhd])$")
@@ -99,6 +102,10 @@ async def database_errors() -> AsyncIterator[None]:
     """Turn a database outage (or failure) into a 503 envelope instead of a 500."""
     try:
         yield
+    except (asyncpg.DataError, ValueError):
+        # A value the database or its driver refuses (out of range, bad encoding) is a gap in
+        # our validation, not an outage: as a 503 clients would retry it forever.
+        raise
     except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
         log.warning("telemetry database operation failed: %s: %s", type(exc).__name__, exc)
         raise DatabaseUnavailable(
@@ -147,7 +154,10 @@ def parse_time(value: str, *, now: datetime, name: str) -> datetime:
     relative = _RELATIVE.match(text)
     if relative:
         amount, unit = relative.groups()
-        return now - timedelta(seconds=int(amount) * _UNITS[unit])
+        try:
+            return now - timedelta(seconds=int(amount) * _UNITS[unit])
+        except OverflowError as exc:
+            raise InvalidQuery(f"{name}: {value[:40]!r} reaches before the year 1") from exc
     try:
         number = float(text)
     except ValueError:
@@ -171,7 +181,10 @@ def parse_time(value: str, *, now: datetime, name: str) -> datetime:
         ) from exc
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError as exc:
+        raise InvalidQuery(f"{name}: {value[:40]!r} is out of range once in UTC") from exc
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +221,10 @@ def parse_interval(value: str) -> timedelta:
     if not match or int(match.group(1)) == 0:
         raise InvalidQuery(f"interval {value[:20]!r} must look like 30s, 1m, 5m, 15m, 1h or 1d")
     amount, unit = match.groups()
-    return timedelta(seconds=int(amount) * _UNITS[unit])
+    interval = timedelta(seconds=int(amount) * _UNITS[unit])
+    if interval > MAX_INTERVAL:
+        raise InvalidQuery(f"interval {value[:20]!r} is wider than {MAX_INTERVAL.days}d")
+    return interval
 
 
 def parse_aggregates(value: str | None) -> list[str]:
