@@ -83,6 +83,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ObjectNotInPrerequisiteStateError,  # "database ... is not currently accepting..."
+    # Deadlock or serialization failure: two batches being written at once collided on the
+    # same readings (a redelivery next to its original); the one rolled back simply retries.
+    asyncpg.TransactionRollbackError,
 )
 
 
@@ -287,6 +290,7 @@ class MqttIngest:
         self._max_readings = max(ingest.batch_max_readings * QUEUE_READINGS_FACTOR, 1000)
         self._batch_readings = ingest.batch_max_readings
         self._batch_delay = ingest.batch_max_delay_ms / 1000
+        self._writers = ingest.writer_connections
         self._max_payload = ingest.max_payload_bytes
         self.paused = False
         self._wake = asyncio.Event()
@@ -409,12 +413,44 @@ class MqttIngest:
         return batch
 
     async def _write_loop(self) -> None:
-        while (batch := await self._next_batch()) is not None:
+        # Up to `writer_connections` batches are written at once, each in its own transaction
+        # and acknowledged after its own commit, but acknowledgements go out in the order the
+        # messages came in: MQTT wants PUBACKs in the order of the PUBLISHes (section 4.6).
+        # A slot is taken before a batch leaves the queue, so at most that many batches are
+        # held outside it (the backpressure bound stays the queue's).
+        slots = asyncio.Semaphore(self._writers)
+        previous: asyncio.Task[None] | None = None
+        flushes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                if previous is not None and previous.done() and (error := previous.exception()):
+                    raise error
+                batch = await self._next_batch()
+                if batch is None:
+                    break
+                previous = asyncio.create_task(self._flush(batch, previous, slots))
+                flushes.add(previous)
+                previous.add_done_callback(flushes.discard)
+            if previous is not None:
+                await previous  # the last one acknowledges after all the others
+        finally:
+            for task in list(flushes):
+                task.cancel()
+
+    async def _flush(
+        self, batch: list[_Pending], previous: asyncio.Task[None] | None, slots: asyncio.Semaphore
+    ) -> None:
+        try:
             started = time.monotonic()
             await self._commit(batch)
             self.state.flush_seconds.append(time.monotonic() - started)
+            if previous is not None:
+                await previous
             self.state.commit_lag_seconds.append(time.time() - batch[0].arrived)
             self._acknowledge(batch)
+        finally:
+            slots.release()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
