@@ -178,6 +178,22 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+class _Publish:
+    """What our callback reads of a PUBLISH (paho's MQTTMessage also creates a lock each)."""
+
+    __slots__ = ("_topic", "mid", "payload", "qos")
+
+    def __init__(self, mid: int, qos: int, topic: bytes, payload: bytes) -> None:
+        self.mid = mid
+        self.qos = qos
+        self._topic = topic
+        self.payload = payload
+
+    @property
+    def topic(self) -> str:
+        return self._topic.decode("utf-8")
+
+
 class _Connection:
     """One aiomqtt client with our message path underneath (see the module docstring)."""
 
@@ -259,12 +275,12 @@ class _Connection:
             or (properties and body[mid_end] != 0)
         ):
             return self._paho_handle_publish()
-        mid = body[mid_end - 2] << 8 | body[mid_end - 1] if qos else 0
-        message = paho_mqtt.MQTTMessage(mid, bytes(body[2:topic_end]))
-        message.qos = qos
-        message.dup = bool(header & 0x08)
-        message.retain = bool(header & 0x01)
-        message.payload = bytes(body[mid_end + properties :])
+        message = _Publish(
+            body[mid_end - 2] << 8 | body[mid_end - 1] if qos else 0,
+            qos,
+            bytes(body[2:topic_end]),
+            bytes(body[mid_end + properties :]),
+        )
         self._ingest._on_message(self.paho, None, message)
         return MQTTErrorCode.MQTT_ERR_SUCCESS
 
@@ -306,13 +322,15 @@ class MqttIngest:
 
     # -- the message path (runs inside paho's read, on the event loop) ----------------------
 
-    def _on_message(self, client: Any, userdata: Any, message: paho_mqtt.MQTTMessage) -> None:
+    def _on_message(
+        self, client: Any, userdata: Any, message: paho_mqtt.MQTTMessage | _Publish
+    ) -> None:
         try:
             self._take(message)
         except Exception:  # never unwind into paho's read loop
             log.exception("MQTT message handling failed")
 
-    def _take(self, message: paho_mqtt.MQTTMessage) -> None:
+    def _take(self, message: paho_mqtt.MQTTMessage | _Publish) -> None:
         counters = self.state.counters
         counters.received += 1
         arrived = time.time()
