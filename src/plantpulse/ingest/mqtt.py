@@ -4,7 +4,7 @@
     queue --> writer task: COPY batch (+ dead letters, status) --> commit --> PUBACK each message
 
 aiomqtt owns the connection (connect, subscribe, keepalive, socket <-> event loop), as the user
-asked; three things are done underneath it, on its paho client, because aiomqtt 2.5 has no API
+asked; four things are done underneath it, on its paho client, because aiomqtt 2.5 has no API
 for them (all in `_Connection`, the only place that touches private attributes):
 
 - manual acknowledgement (`manual_ack_set(True)` + `ack(mid, 1)` after the commit), so a
@@ -15,6 +15,8 @@ for them (all in `_Connection`, the only place that touches private attributes):
 - a read-buffered socket (paho reads each packet with 3+ `recv` calls of 1-2 bytes) and a
   reader callback that drains every buffered packet, and that stops reading while our queue is
   full (backpressure: TCP and the broker hold the rest, nothing is dropped).
+- our own handler for the PUBLISH packets we get (QoS 0/1 without MQTT 5 properties), which
+  skips paho's per-message `Properties` and `MQTTMessage` objects; the rest goes to paho's.
 
 The in-flight window (unacknowledged QoS 1 messages the broker sends us) is the MQTT 5 Receive
 Maximum we announce; the broker queues everything beyond it. Measurements: docs/ingest.md.
@@ -306,7 +308,6 @@ class MqttIngest:
         self._max_readings = max(ingest.batch_max_readings * QUEUE_READINGS_FACTOR, 1000)
         self._batch_readings = ingest.batch_max_readings
         self._batch_delay = ingest.batch_max_delay_ms / 1000
-        self._writers = ingest.writer_connections
         self._max_payload = ingest.max_payload_bytes
         self.paused = False
         self._wake = asyncio.Event()
@@ -436,7 +437,7 @@ class MqttIngest:
         # messages came in: MQTT wants PUBACKs in the order of the PUBLISHes (section 4.6).
         # A slot is taken before a batch leaves the queue, so at most that many batches are
         # held outside it (the backpressure bound stays the queue's).
-        slots = asyncio.Semaphore(self._writers)
+        slots = asyncio.Semaphore(self._settings.ingest.writer_connections)
         previous: asyncio.Task[None] | None = None
         flushes: set[asyncio.Task[None]] = set()
         try:
