@@ -96,6 +96,7 @@ class IngestSettings(BaseModel):
     # Messages held between the MQTT callback and the writer; when full, we stop reading
     # from the broker (it keeps the rest) instead of dropping.
     queue_max_messages: int = Field(default=20_000, ge=10)
+    # MQTT batches written at once (acknowledged in arrival order); also sizes the pool.
     writer_connections: int = Field(default=2, ge=1, le=32)
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from plantpulse.ingest.decoders import (
     json_registry,
 )
 from plantpulse.machines.models import Connectivity
+from plantpulse.telemetry import payloads
 from plantpulse.telemetry.payloads import Clock, Parsed
 
 CLOCK = Clock(datetime(2026, 1, 5, 10, tzinfo=UTC), timedelta(minutes=5))
@@ -85,6 +87,41 @@ class TestPayloads:
         assert isinstance(decoded, Telemetry)
         assert [r[2] for r in decoded.parsed.rows] == ["p"]
         assert len(decoded.parsed.rejected) == 2
+
+    @pytest.mark.parametrize(
+        "payload",
+        [
+            b'{"t": 1e999, "p": 2}',  # Infinity: the fast parser refuses it, the standard one not
+            b'{"t": NaN, "p": 2}',
+            b'{"t": 100000000000000000000000, "p": 2}',  # beyond 64 bits
+            b'{"t": 1' + b"0" * 400 + b', "p": 2}',  # beyond float range
+            '{"t": "x", "p": 2}'.encode("utf-16"),
+        ],
+    )
+    def test_what_the_fast_json_parser_refuses_gets_the_standard_outcome(
+        self, payload: bytes
+    ) -> None:
+        decoded = registry.decode(f"plant/a/machines/{MACHINE}/telemetry", payload, CLOCK)
+        assert isinstance(decoded, Telemetry)
+        expected = payloads.single_device(json.loads(payload), machine_id=MACHINE, clock=CLOCK)
+        assert decoded.parsed == expected
+        assert [r[2] for r in decoded.parsed.rows][-1] == "p"
+
+    def test_a_topic_seen_before_is_decoded_the_same_way(self) -> None:
+        custom = json_registry("q")
+        topic = f"q/machines/{MACHINE}/telemetry"
+        first = custom.decode(topic, b'{"a": 1}', CLOCK)
+        again = custom.decode(topic, b'{"a": 2}', CLOCK)
+        assert isinstance(first, Telemetry)
+        assert isinstance(again, Telemetry)
+        assert [r[1:] for r in first.parsed.rows + again.parsed.rows] == [
+            (MACHINE, "a", 1.0),
+            (MACHINE, "a", 2.0),
+        ]
+        with pytest.raises(DecodeError):
+            custom.decode("q/machines/nope/telemetry", b"{}", CLOCK)
+        with pytest.raises(DecodeError):
+            custom.decode("q/machines/nope/telemetry", b"{}", CLOCK)
 
 
 class TestStatus:

@@ -86,3 +86,64 @@ class TestBatchWriter:
         assert len(heard) == 1
         assert heard[0].source == "mqtt"
         assert heard[0].rows == [(T0, machine, "temp", 1.0, True)]
+
+
+class TestOptimisticCopy:
+    async def test_fresh_batches_are_copied_straight_into_the_table(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        for batch in range(3):
+            rows = [
+                (T0 + timedelta(minutes=batch, seconds=i), machine, "temp", float(i))
+                for i in range(50)
+            ]
+            result = await writer.write(rows, source="test")
+            assert (result.inserted, result.duplicates) == (50, 0)
+        assert (writer.copied_batches, writer.staged_batches) == (3, 0)
+        assert len(await stored(pg_pool, machine)) == 150
+
+    async def test_a_batch_with_one_stored_reading_falls_back_and_stores_the_rest_once(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        # Stored before, by someone else: the metric is not registered yet either.
+        await pg_pool.execute(
+            "INSERT INTO readings (time, machine_id, metric, value, valid) "
+            "VALUES ($1, $2, 'temp', 5.0, true)",
+            T0 + timedelta(seconds=5),
+            machine,
+        )
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [(T0 + timedelta(seconds=i), machine, "temp", float(i)) for i in range(100)]
+        result = await writer.write(rows, source="test")
+        assert (result.received, result.inserted, result.duplicates) == (100, 99, 1)
+        assert (writer.copied_batches, writer.staged_batches) == (0, 1)
+        assert [r[0] for r in await stored(pg_pool, machine)] == [r[0] for r in rows]
+        # What the rolled-back COPY's transaction also did is done again by the staged one.
+        names = await pg_pool.fetch(
+            "SELECT name FROM machine_metrics WHERE machine_id = $1", machine
+        )
+        assert [r["name"] for r in names] == ["temp"]
+        assert await pg_pool.fetchval("SELECT last_seen_at FROM machines WHERE id = $1", machine)
+
+    async def test_copy_resumes_after_a_staged_batch_without_duplicates(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+
+        def rows(start: int) -> list[tuple[datetime, uuid.UUID, str, float]]:
+            return [(T0 + timedelta(seconds=start + i), machine, "temp", 1.0) for i in range(10)]
+
+        await writer.write(rows(0), source="test")  # copied
+        redelivered = await writer.write(rows(5), source="test")  # collides: staged
+        assert (redelivered.inserted, redelivered.duplicates) == (5, 5)
+        await writer.write(rows(20), source="test")  # staged (duplicates expected), clean
+        await writer.write(rows(40), source="test")  # copied again
+        assert (writer.copied_batches, writer.staged_batches) == (2, 2)
+        assert len(await stored(pg_pool, machine)) == 35

@@ -4,7 +4,7 @@
     queue --> writer task: COPY batch (+ dead letters, status) --> commit --> PUBACK each message
 
 aiomqtt owns the connection (connect, subscribe, keepalive, socket <-> event loop), as the user
-asked; three things are done underneath it, on its paho client, because aiomqtt 2.5 has no API
+asked; four things are done underneath it, on its paho client, because aiomqtt 2.5 has no API
 for them (all in `_Connection`, the only place that touches private attributes):
 
 - manual acknowledgement (`manual_ack_set(True)` + `ack(mid, 1)` after the commit), so a
@@ -15,6 +15,8 @@ for them (all in `_Connection`, the only place that touches private attributes):
 - a read-buffered socket (paho reads each packet with 3+ `recv` calls of 1-2 bytes) and a
   reader callback that drains every buffered packet, and that stops reading while our queue is
   full (backpressure: TCP and the broker hold the rest, nothing is dropped).
+- our own handler for the PUBLISH packets we get (QoS 0/1 without MQTT 5 properties), which
+  skips paho's per-message `Properties` and `MQTTMessage` objects; the rest goes to paho's.
 
 The in-flight window (unacknowledged QoS 1 messages the broker sends us) is the MQTT 5 Receive
 Maximum we announce; the broker queues everything beyond it. Measurements: docs/ingest.md.
@@ -38,6 +40,7 @@ from typing import Any
 import aiomqtt
 import asyncpg
 import paho.mqtt.client as paho_mqtt
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -86,6 +89,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.CrashShutdownError,
     asyncpg.ObjectNotInPrerequisiteStateError,  # "database ... is not currently accepting..."
+    # Deadlock or serialization failure: two batches being written at once collided on the
+    # same readings (a redelivery next to its original); the one rolled back simply retries.
+    asyncpg.TransactionRollbackError,
 )
 
 
@@ -178,6 +184,22 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+class _Publish:
+    """What our callback reads of a PUBLISH (paho's MQTTMessage also creates a lock each)."""
+
+    __slots__ = ("_topic", "mid", "payload", "qos")
+
+    def __init__(self, mid: int, qos: int, topic: bytes, payload: bytes) -> None:
+        self.mid = mid
+        self.qos = qos
+        self._topic = topic
+        self.payload = payload
+
+    @property
+    def topic(self) -> str:
+        return self._topic.decode("utf-8")
+
+
 class _Connection:
     """One aiomqtt client with our message path underneath (see the module docstring)."""
 
@@ -190,6 +212,8 @@ class _Connection:
         self._buffer: _BufferedSocket | None = None
         self.paho.manual_ack_set(True)
         self.paho.on_message = ingest._on_message
+        self._paho_handle_publish = self.paho._handle_publish
+        self.paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
         self._aiomqtt_socket_open = self.paho.on_socket_open
         self.paho.on_socket_open = self._on_socket_open
 
@@ -242,6 +266,34 @@ class _Connection:
     def ack(self, mid: int, qos: int) -> None:
         self.paho.ack(mid, qos)
 
+    def _handle_publish(self) -> MQTTErrorCode:
+        """paho's PUBLISH handling for the packets we get (QoS 0/1, no MQTT 5 properties),
+        without what we never use: for MQTT 5, paho builds and parses a `Properties` object
+        per message, ~20 % of our message path (docs/ingest.md). Anything else goes to paho."""
+        packet = self.paho._in_packet
+        header: int = packet["command"]
+        body: bytes | bytearray = packet["packet"]
+        qos = (header & 0x06) >> 1
+        topic_end = 2 + (body[0] << 8 | body[1]) if len(body) >= 2 else 0
+        mid_end = topic_end + 2 if qos else topic_end
+        # MQTT 5 puts the properties' length (a variable byte integer) before the payload.
+        properties = 1 if self.paho._protocol == paho_mqtt.MQTTv5 else 0
+        if (
+            qos > 1
+            or topic_end <= 2
+            or mid_end + properties > len(body)
+            or (properties and body[mid_end] != 0)
+        ):
+            return self._paho_handle_publish()
+        message = _Publish(
+            body[mid_end - 2] << 8 | body[mid_end - 1] if qos else 0,
+            qos,
+            bytes(body[2:topic_end]),
+            bytes(body[mid_end + properties :]),
+        )
+        self._ingest._on_message(self.paho, None, message)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
     async def until_disconnected(self) -> None:
         # Nothing enters aiomqtt's queue (our on_message replaced its callback), so this
         # public iterator only ends by raising MqttError when the connection is lost.
@@ -280,13 +332,15 @@ class MqttIngest:
 
     # -- the message path (runs inside paho's read, on the event loop) ----------------------
 
-    def _on_message(self, client: Any, userdata: Any, message: paho_mqtt.MQTTMessage) -> None:
+    def _on_message(
+        self, client: Any, userdata: Any, message: paho_mqtt.MQTTMessage | _Publish
+    ) -> None:
         try:
             self._take(message)
         except Exception:  # never unwind into paho's read loop
             log.exception("MQTT message handling failed")
 
-    def _take(self, message: paho_mqtt.MQTTMessage) -> None:
+    def _take(self, message: paho_mqtt.MQTTMessage | _Publish) -> None:
         counters = self.state.counters
         counters.received += 1
         arrived = time.time()
@@ -391,12 +445,44 @@ class MqttIngest:
         return batch
 
     async def _write_loop(self) -> None:
-        while (batch := await self._next_batch()) is not None:
+        # Up to `writer_connections` batches are written at once, each in its own transaction
+        # and acknowledged after its own commit, but acknowledgements go out in the order the
+        # messages came in: MQTT wants PUBACKs in the order of the PUBLISHes (section 4.6).
+        # A slot is taken before a batch leaves the queue, so at most that many batches are
+        # held outside it (the backpressure bound stays the queue's).
+        slots = asyncio.Semaphore(self._settings.ingest.writer_connections)
+        previous: asyncio.Task[None] | None = None
+        flushes: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await slots.acquire()
+                if previous is not None and previous.done() and (error := previous.exception()):
+                    raise error
+                batch = await self._next_batch()
+                if batch is None:
+                    break
+                previous = asyncio.create_task(self._flush(batch, previous, slots))
+                flushes.add(previous)
+                previous.add_done_callback(flushes.discard)
+            if previous is not None:
+                await previous  # the last one acknowledges after all the others
+        finally:
+            for task in list(flushes):
+                task.cancel()
+
+    async def _flush(
+        self, batch: list[_Pending], previous: asyncio.Task[None] | None, slots: asyncio.Semaphore
+    ) -> None:
+        try:
             started = time.monotonic()
             await self._commit(batch)
             self.state.flush_seconds.append(time.monotonic() - started)
+            if previous is not None:
+                await previous
             self.state.commit_lag_seconds.append(time.time() - batch[0].arrived)
             self._acknowledge(batch)
+        finally:
+            slots.release()
 
     async def _commit(self, batch: list[_Pending]) -> None:
         """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
