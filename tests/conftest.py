@@ -149,8 +149,11 @@ def make_user(db: AsyncSession) -> UserFactory:
     return factory
 
 
+Headers = Callable[[User], dict[str, str]]
+
+
 @pytest.fixture
-def auth_headers(settings: Settings) -> Callable[[User], dict[str, str]]:
+def auth_headers(settings: Settings) -> Headers:
     """Bearer headers for a user, without a login round-trip."""
 
     def headers(user: User) -> dict[str, str]:
@@ -223,3 +226,21 @@ async def committed_user(engine: AsyncEngine) -> AsyncIterator[UserFactory]:
     if created:
         async with AsyncSession(engine) as session, session.begin():
             await session.execute(delete(User).where(User.id.in_(created)))
+
+
+@pytest.fixture
+async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
+    """Bearer headers of a fresh operator."""
+    return auth_headers(await make_user(Role.operator))
+
+
+@pytest.fixture
+async def supervisor(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
+    """Bearer headers of a fresh supervisor."""
+    return auth_headers(await make_user(Role.supervisor))
+
+
+@pytest.fixture
+async def manager(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
+    """Bearer headers of a fresh management user."""
+    return auth_headers(await make_user(Role.management))

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,17 +11,15 @@ import pytest
 from httpx import AsyncClient
 
 from plantpulse.alerts.evaluator import evaluator_of
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.config import RedisSettings, Settings
 from plantpulse.realtime.hub import hub_of
 from plantpulse.state import Resources
 from tests import support
 from tests.alerts.conftest import RuleFactory
-from tests.conftest import MachineFactory, UserFactory, make_settings
+from tests.conftest import Headers, MachineFactory, UserFactory, make_settings
 from tests.live import eventually, live_app, receive, receive_until
 
-Headers = Callable[[User], dict[str, str]]
 NOW = datetime.now(UTC).replace(microsecond=0)
 
 

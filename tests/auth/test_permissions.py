@@ -7,17 +7,14 @@ The table must list every `/api/v1` operation: a route added without an entry fa
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 import pytest
 from fastapi import FastAPI
 from httpx import AsyncClient
 
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import ROLE_PERMISSIONS, Permission, Role
-from tests.conftest import UserFactory
+from tests.conftest import Headers, UserFactory
 
-Headers = Callable[[User], dict[str, str]]
 ANY = uuid.UUID(int=1)
 
 P = Permission

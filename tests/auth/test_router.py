@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -10,9 +9,7 @@ from jose import jwt
 from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.config import Settings
-from tests.conftest import PASSWORD, UserFactory
-
-Headers = Callable[[User], dict[str, str]]
+from tests.conftest import PASSWORD, Headers, UserFactory
 
 
 def assert_error(body: dict[str, object], status: int, error: str | None = None) -> None:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 
 from httpx import AsyncClient
 from sqlalchemy import select
@@ -10,9 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from tests.auth.test_router import assert_error, login
-from tests.conftest import UserFactory
-
-Headers = Callable[[User], dict[str, str]]
+from tests.conftest import Headers, UserFactory
 
 
 class TestListUsers:

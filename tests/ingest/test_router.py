@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -8,12 +7,10 @@ from httpx import AsyncClient
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.ingest.models import dead_letters
-from tests.conftest import UserFactory
+from tests.conftest import Headers, UserFactory
 
-Headers = Callable[[User], dict[str, str]]
 T0 = datetime(2026, 1, 5, 10, tzinfo=UTC)
 
 

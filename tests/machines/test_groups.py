@@ -1,30 +1,15 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from httpx import AsyncClient
 
-from plantpulse.auth.models import User
-from plantpulse.auth.permissions import Role
-from tests.conftest import UserFactory
 from tests.machines.conftest import MachineMaker
 from tests.machines.test_router import assert_error
 
-Headers = Callable[[User], dict[str, str]]
 API = "/api/v1/groups"
-
-
-@pytest.fixture
-async def supervisor(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.supervisor))
-
-
-@pytest.fixture
-async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.operator))
 
 
 async def create_group(

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,15 +10,12 @@ from httpx import AsyncClient
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from plantpulse.auth.models import User
-from plantpulse.auth.permissions import Role
 from plantpulse.machines import service
 from plantpulse.machines.dependencies import get_sender
 from plantpulse.state import Resources
-from tests.conftest import MachineFactory, UserFactory
+from tests.conftest import MachineFactory
 from tests.machines.conftest import CommittedClient, MachineMaker, add_readings, count_readings
 
-Headers = Callable[[User], dict[str, str]]
 API = "/api/v1/machines"
 NOW = datetime.now(UTC)
 
@@ -31,21 +27,6 @@ def assert_error(response: Any, status: int, error: str) -> dict[str, Any]:
     assert body["error"] == error
     assert body["detail"]
     return body
-
-
-@pytest.fixture
-async def supervisor(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.supervisor))
-
-
-@pytest.fixture
-async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.operator))
-
-
-@pytest.fixture
-async def manager(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.management))
 
 
 class TestCreateMachine:

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -9,16 +9,13 @@ import httpx
 import pytest
 from httpx import AsyncClient
 
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.config import RedisSettings, Settings, SysconfigSettings
 from plantpulse.state import Resources
 from plantpulse.sysconfig.retention import purge_old_readings
 from tests import support
-from tests.conftest import MachineFactory, UserFactory, make_settings
+from tests.conftest import Headers, MachineFactory, UserFactory, make_settings
 from tests.live import eventually, live_app
-
-Headers = Callable[[User], dict[str, str]]
 
 
 @pytest.fixture

@@ -3,28 +3,19 @@ from __future__ import annotations
 import json
 import tracemalloc
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from httpx import AsyncClient
 
-from plantpulse.auth.models import User
-from plantpulse.auth.permissions import Role
 from plantpulse.telemetry import service
-from tests.conftest import MachineFactory, UserFactory
+from tests.conftest import MachineFactory
 from tests.telemetry.support import seed
 
-Headers = Callable[[User], dict[str, str]]
 T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 METRICS = ("pressure", "speed", "temperature")
 TIMESTAMPS = 34_000  # x 3 metrics = 102,000 readings over ~9.4 hours (1 s apart)
-
-
-@pytest.fixture
-async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.operator))
 
 
 @pytest.fixture

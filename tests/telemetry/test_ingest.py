@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -12,16 +12,14 @@ from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
 
 from plantpulse.app import create_app
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.config import DatabaseSettings, Settings
 from plantpulse.state import Resources
 from plantpulse.telemetry.writer import BatchWriter
 from tests import support
-from tests.conftest import MachineFactory, UserFactory, make_settings
+from tests.conftest import Headers, MachineFactory, UserFactory, make_settings
 from tests.telemetry.support import give_api_key, stored
 
-Headers = Callable[[User], dict[str, str]]
 INGEST = "/api/v1/telemetry/ingest"
 T0 = datetime(2024, 1, 15, 10, 30, tzinfo=UTC)
 
@@ -36,11 +34,6 @@ def batch(*entries: tuple[object, list[dict[str, Any]]], **extra: object) -> dic
 
 def device(machine_id: uuid.UUID) -> str:
     return f"/api/v1/machines/{machine_id}/telemetry"
-
-
-@pytest.fixture
-async def supervisor(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.supervisor))
 
 
 class TestGatewayBatch:

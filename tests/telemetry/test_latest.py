@@ -1,27 +1,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import pytest
 from httpx import AsyncClient
 
-from plantpulse.auth.models import User
-from plantpulse.auth.permissions import Role
 from plantpulse.telemetry.schemas import FleetLatest, MachineLatest
-from tests.conftest import MachineFactory, UserFactory
+from tests.conftest import MachineFactory
 from tests.telemetry.support import seed
 
-Headers = Callable[[User], dict[str, str]]
 T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 FLEET = "/api/v1/telemetry/latest"
-
-
-@pytest.fixture
-async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.operator))
 
 
 class TestMachineLatest:

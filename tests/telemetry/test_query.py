@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import ClassVar
 
@@ -11,17 +10,15 @@ import pytest
 from httpx import AsyncClient
 from redis.asyncio import Redis
 
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.state import Resources
 from plantpulse.telemetry import queries
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.schemas import TelemetryPage
 from tests import support
-from tests.conftest import MachineFactory, UserFactory
+from tests.conftest import Headers, MachineFactory, UserFactory
 from tests.telemetry.support import seed
 
-Headers = Callable[[User], dict[str, str]]
 T0 = datetime(2024, 1, 15, 10, 0, tzinfo=UTC)
 ISO = "%Y-%m-%dT%H:%M:%SZ"
 
@@ -32,16 +29,6 @@ def url(machine_id: uuid.UUID) -> str:
 
 def iso(moment: datetime) -> str:
     return moment.strftime(ISO)
-
-
-@pytest.fixture
-async def operator(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.operator))
-
-
-@pytest.fixture
-async def manager(make_user: UserFactory, auth_headers: Headers) -> dict[str, str]:
-    return auth_headers(await make_user(Role.management))
 
 
 class TestRawRows:
