@@ -32,6 +32,7 @@ from plantpulse.ingest.router import router as ingest_router
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.router import groups_router
 from plantpulse.machines.router import router as machines_router
+from plantpulse.middleware import BodySizeLimit
 from plantpulse.realtime.hub import start_hub
 from plantpulse.realtime.router import router as realtime_router
 from plantpulse.state import Resources
@@ -185,6 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.ingest.max_payload_bytes)
     _install_docs(app)
     app.include_router(health_router)
     app.include_router(auth_router)
