@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -23,6 +24,15 @@ log = logging.getLogger(__name__)
 
 MAX_PER_ROUND = 200
 RECONNECT_MAX_SECONDS = 10.0
+
+
+def _loads(data: bytes) -> Any:
+    # orjson is several times faster on a batch of events; the json module reads what orjson
+    # refuses (NaN literals, integers beyond 64 bits), so results are the standard parser's.
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return json.loads(data)
 
 
 class Broadcast:
@@ -132,7 +142,6 @@ class Broadcast:
         if data.startswith(self._own):
             return
         try:
-            envelope = json.loads(data)
-            self._on_message(envelope["p"])
+            self._on_message(_loads(data)["p"])
         except Exception:  # one bad message must not end the subscription
             log.exception("bad message on %s", self.channel)

@@ -1,23 +1,27 @@
 """Server events as sent to clients. Each event is serialised at most twice (with and without
-invalid readings), however many connections receive it."""
+invalid readings), however many connections receive it.
+
+Encoding is orjson's: it writes UUIDs and UTC datetimes itself (`...Z`, as `utc_iso` does), so
+reading events carry those objects and never build their strings in Python."""
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from plantpulse.schemas import utc_iso
 from plantpulse.telemetry.writer import StoredRow
 
-# One encoder for all events: json.dumps(separators=...) would build a new one per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+_OPTIONS = orjson.OPT_UTC_Z | orjson.OPT_NAIVE_UTC
 
 
-def _dumps(body: dict[str, Any]) -> str:
-    return _ENCODER.encode(body)
+def dumps(value: Any) -> str:
+    """Compact JSON text; anything orjson does not know is written as str(), as before."""
+    return orjson.dumps(value, default=str, option=_OPTIONS).decode()
 
 
 class Event:
@@ -35,7 +39,7 @@ class Event:
 
     def full_text(self) -> str:
         if self._full is None:
-            self._full = _dumps(self.body)
+            self._full = dumps(self.body)
         return self._full
 
     def text(self, *, include_invalid: bool) -> str | None:
@@ -47,35 +51,36 @@ class Event:
             metrics = {k: v for k, v in self.body["metrics"].items() if valid.get(k)}
             if not metrics:
                 return None
-            self._valid_only = _dumps(
+            self._valid_only = dumps(
                 {**self.body, "metrics": metrics, "valid": dict.fromkeys(metrics, True)}
             )
         return self._valid_only
 
 
-def reading_events(rows: Iterable[StoredRow]) -> list[Event]:
-    """One `reading` event per machine and timestamp, carrying all its metrics."""
-    grouped: dict[tuple[uuid.UUID, datetime], tuple[dict[str, float], dict[str, bool]]] = {}
+def reading_bodies(rows: Iterable[StoredRow]) -> list[dict[str, Any]]:
+    """One `reading` event body per machine and timestamp, carrying all its metrics.
+
+    `machine_id` is a UUID and `timestamp` a datetime (a `utc_iso` string if not in UTC):
+    encode them with `dumps`."""
+    grouped: dict[tuple[int, datetime], dict[str, Any]] = {}
+    get = grouped.get
+    # This loop runs for every committed row: keyed on the UUID's int (hashed in C, where
+    # UUID.__hash__ is a Python call), one dict per event built once.
     for t, machine_id, metric, value, valid in rows:
-        # A plain dict lookup: this loop runs for every committed row.
-        entry = grouped.get((machine_id, t))
-        if entry is None:
-            entry = grouped[(machine_id, t)] = ({}, {})
-        entry[0][metric] = value
-        entry[1][metric] = valid
-    return [
-        Event(
-            {
+        key = (machine_id.int, t)
+        body = get(key)
+        if body is None:
+            grouped[key] = {
                 "type": "reading",
-                "machine_id": str(machine_id),
-                "timestamp": utc_iso(t),
-                "metrics": metrics,
-                "valid": flags,
-            },
-            machine_id=machine_id,
-        )
-        for (machine_id, t), (metrics, flags) in grouped.items()
-    ]
+                "machine_id": machine_id,
+                "timestamp": t if t.tzinfo is UTC else utc_iso(t),
+                "metrics": {metric: value},
+                "valid": {metric: valid},
+            }
+        else:
+            body["metrics"][metric] = value
+            body["valid"][metric] = valid
+    return list(grouped.values())
 
 
 def alert_event(action: str, alert: dict[str, Any]) -> Event:

@@ -3,7 +3,9 @@
 - The writer calls `on_commit` after every commit (any source). It only puts the batch on a
   bounded queue; when the queue is full the batch is dropped *for the live view* and counted
   (`dropped_batches`) — the readings are in the database either way, and ingest never waits.
-- A hub task turns batches into `reading` events and `publish`es them.
+- A hub task turns batches into `reading` events and `publish`es them; a process with no
+  subscribed connection and no Redis skips them, and builds no per-connection events for
+  machines nobody here subscribed to.
 - `publish` delivers to this process's connections at once and, with Redis, sends the events
   to the other processes on `<prefix>events`; each process delivers what it receives to its own
   connections and skips what it sent itself, so nobody gets an event twice.
@@ -20,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -29,9 +31,9 @@ from redis.asyncio import Redis
 from plantpulse.config import RealtimeSettings
 from plantpulse.machines.connectivity import ConnectivityChange
 from plantpulse.realtime.broadcast import Broadcast
-from plantpulse.realtime.events import Event, machine_status_event, reading_events
+from plantpulse.realtime.events import Event, dumps, machine_status_event, reading_bodies
 from plantpulse.state import Resources
-from plantpulse.telemetry.writer import CommittedBatch
+from plantpulse.telemetry.writer import CommittedBatch, StoredRow
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,30 @@ class Hub:
             # The same JSON the local clients got (cached on the event), not a second encoding.
             self._broadcast.publish_json("[" + ",".join(e.full_text() for e in events) + "]")
 
+    def publish_readings(self, rows: Sequence[StoredRow]) -> None:
+        """`publish` for committed readings, without per-event work that nobody would see: the
+        Redis fan-out gets the whole batch in one encoding, and `Event`s (encoded per event) are
+        only made for machines that a connection of this process subscribed to."""
+        if self._broadcast is None and not self._all and not self._by_machine:
+            return
+        bodies = reading_bodies(rows)
+        if not bodies:
+            return
+        self.published += len(bodies)
+        if self._all:
+            self._deliver([Event(body, machine_id=body["machine_id"]) for body in bodies])
+        elif self._by_machine:
+            wanted = self._by_machine
+            self._deliver(
+                [
+                    Event(body, machine_id=body["machine_id"])
+                    for body in bodies
+                    if body["machine_id"] in wanted
+                ]
+            )
+        if self._broadcast is not None:
+            self._broadcast.publish_json(dumps(bodies))
+
     def _deliver(self, events: Iterable[Event]) -> None:
         every = self._all
         for event in events:
@@ -189,13 +215,18 @@ class Hub:
                         sub.offer(event)
 
     def _remote(self, payload: Any) -> None:
-        self._deliver([Event(body) for body in payload])
+        # Another process's batch: only the events someone here may receive become `Event`s.
+        if self._all:
+            self._deliver([Event(body) for body in payload])
+        elif self._by_machine:
+            wanted = {str(machine_id) for machine_id in self._by_machine}
+            self._deliver([Event(body) for body in payload if body.get("machine_id") in wanted])
 
     async def _run(self) -> None:
         while True:
             batch = await self._batches.get()
             try:
-                self.publish(reading_events(batch.rows))
+                self.publish_readings(batch.rows)
             except Exception:  # a bad batch must not stop the live view
                 log.exception("could not publish a committed batch")
 
