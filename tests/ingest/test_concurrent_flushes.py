@@ -7,7 +7,7 @@ import asyncio
 import aiomqtt
 import asyncpg
 
-from plantpulse.ingest.mqtt import _Pending
+from plantpulse.ingest.pipeline import Pending
 from tests import support
 from tests.conftest import MachineFactory
 from tests.ingest.conftest import (
@@ -36,17 +36,17 @@ class TestConcurrentFlushes:
         prefix = settings.mqtt.topic_prefix
         async with running(settings) as resources:
             await subscribed(resources)
-            ingest = ingest_of(resources)
+            ingest = ingest_of(resources).pipeline
             commit, acknowledge = ingest._commit, ingest._acknowledge
             release_first = asyncio.Event()
             acked: list[str] = []
 
-            async def slow_first_commit(batch: list[_Pending]) -> None:
+            async def slow_first_commit(batch: list[Pending]) -> None:
                 if any(str(first) in item.topic for item in batch):
                     await release_first.wait()
                 await commit(batch)
 
-            def recording_acknowledge(batch: list[_Pending]) -> None:
+            def recording_acknowledge(batch: list[Pending]) -> None:
                 acked.extend(item.topic.split("/")[-2] for item in batch)
                 acknowledge(batch)
 

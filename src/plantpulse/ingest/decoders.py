@@ -1,6 +1,6 @@
 """Topic pattern -> decoder: how an MQTT message becomes readings or a status change.
 
-The pipeline (mqtt.py) only knows `DecoderRegistry.decode`; a new wire format (Sparkplug B,
+The pipeline (pipeline.py) only knows `DecoderRegistry.decode`; a new wire format (Sparkplug B,
 CBOR...) is a new decoder registered for its topic pattern, nothing else changes. Decoders run
 in the message callback, so they must be fast and synchronous: parse and validate, never I/O.
 Whether a machine exists is checked per batch by the writer, not here.
