@@ -111,13 +111,17 @@ async def publish(broker: tuple[str, int], jobs: Sequence[tuple[str, list[str]]]
     )
 
 
-def _p1_jobs(prefix: str, machines: Sequence[uuid.UUID], per: int, base: int) -> list[Any]:
+def _p1_jobs(
+    prefix: str, machines: Sequence[uuid.UUID], per: int, base: int, *, timestamps: bool = True
+) -> list[Any]:
+    """Without `timestamps` the readings take the time they are received: a redelivery can
+    then only be recognised by its packet id (docs/ingest.md), which this measures."""
     jobs = []
-    for i, machine in enumerate(machines):
+    for machine in machines:
         lines = [
             json.dumps(
                 {
-                    "timestamp": base + j,
+                    **({"timestamp": base + j} if timestamps else {}),
                     "temperature": 60 + (j % 100) / 10,
                     "pressure": 3 + (j % 7) / 100,
                     "speed": 1500 + j % 50,
@@ -126,7 +130,6 @@ def _p1_jobs(prefix: str, machines: Sequence[uuid.UUID], per: int, base: int) ->
             for j in range(per)
         ]
         jobs.append((f"{prefix}/machines/{machine}/telemetry", lines))
-        del i
     return jobs
 
 
@@ -375,7 +378,8 @@ async def _main(args: argparse.Namespace) -> int:
             reference = await paho_reference(broker, per, args.publishers)
             before = (await service.stats(token))["readings_stored"]
             started = time.time()
-            await publish(broker, _p1_jobs(service.prefix, p1_machines, per, base))
+            jobs = _p1_jobs(service.prefix, p1_machines, per, base, timestamps=args.timestamps)
+            await publish(broker, jobs)
             base += per
             finished = await _wait_rows(service, token, before + per * args.publishers * 3, 600)
             rate = per * args.publishers / (finished - started)
@@ -411,7 +415,10 @@ async def _main(args: argparse.Namespace) -> int:
             before = (await service.stats(token))["readings_stored"]
             tick = started
             while time.monotonic() - started < args.sustain:
-                await publish(broker, _p1_jobs(service.prefix, p1_machines, per_second, base))
+                jobs = _p1_jobs(
+                    service.prefix, p1_machines, per_second, base, timestamps=args.timestamps
+                )
+                await publish(broker, jobs)
                 base += per_second
                 sustained_messages += per_second * args.publishers
                 rss.append((time.monotonic() - started, service.rss_mib()))
@@ -490,7 +497,8 @@ def _report(
         *machine,
         "",
         f"### P1: one reading set (3 metrics) per message, QoS 1 — {args.messages:,} messages "
-        f"per run from {args.publishers} parallel `mosquitto_pub -l -q 1`",
+        f"per run from {args.publishers} parallel `mosquitto_pub -l -q 1`"
+        + ("" if args.timestamps else ", no device timestamps (readings take the receive time)"),
         "",
         "Rates are messages over the time from the start of publishing to the last message "
         "received (reference) or the last reading committed (ours), so publishing is inside "
@@ -574,6 +582,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--batch-messages", type=int, default=3_000, help="P2 messages per run")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sustain", type=int, default=120, help="P6 seconds (0: skip)")
+    parser.add_argument(
+        "--no-timestamps",
+        dest="timestamps",
+        action="store_false",
+        help="P1/P6 messages without a device timestamp (readings take the receive time)",
+    )
     parser.add_argument("--broker", help="host:port (default: a private tuned broker)")
     parser.add_argument("--output", default="docs/benchmarks.md")
     parser.add_argument(
