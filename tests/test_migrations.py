@@ -61,6 +61,9 @@ class TestMigrations:
 
     async def test_each_step_downgrades_one_at_a_time(self, scratch_url: str) -> None:
         await support.migrate(scratch_url)
+        assert "mqtt_deliveries" in await _tables(scratch_url)
+        await support.migrate(scratch_url, "-1", down=True)
+        assert "mqtt_deliveries" not in await _tables(scratch_url)
         alerts_config = {"alert_rules", "alerts", "alert_states", "system_config", "config_audit"}
         assert alerts_config <= await _tables(scratch_url)
         await support.migrate(scratch_url, "-1", down=True)

@@ -98,6 +98,9 @@ class IngestSettings(BaseModel):
     queue_max_messages: int = Field(default=20_000, ge=10)
     # MQTT batches written at once (acknowledged in arrival order); also sizes the pool.
     writer_connections: int = Field(default=2, ge=1, le=32)
+    # /ready reports MQTT ingest `degraded` when messages have waited this long and nothing
+    # was committed meanwhile (a database outage, a stuck writer).
+    stall_seconds: float = Field(default=30.0, gt=0)
 
 
 class RealtimeSettings(BaseModel):

@@ -29,7 +29,9 @@ class Liveness(BaseModel):
 
 
 class Component(BaseModel):
-    status: Literal["up", "down", "disabled"]
+    # degraded: working but not making progress (MQTT: messages waiting, nothing committed);
+    # error: one of its tasks crashed and is being restarted.
+    status: Literal["up", "down", "degraded", "error", "disabled"]
     detail: str | None = None
     info: dict[str, Any] | None = None
 
@@ -84,8 +86,8 @@ def _mqtt(resources: AppResources) -> Component:
     status = resources.extras.get("mqtt_status")
     if status is None:
         return Component(status="disabled", detail="MQTT ingest is not enabled")
-    up, detail, info = status()
-    return Component(status="up" if up else "down", detail=detail, info=info)
+    state, detail, info = status()
+    return Component(status=state, detail=detail, info=info)
 
 
 @router.get(
@@ -94,7 +96,12 @@ def _mqtt(resources: AppResources) -> Component:
     responses={503: {"model": Readiness, "description": "The database is down"}},
 )
 async def ready(resources: AppResources) -> JSONResponse:
-    """Readiness of database, TimescaleDB, Redis and MQTT broker; 503 when the database is down."""
+    """Readiness of database, TimescaleDB, Redis and MQTT ingest; 503 when the database is down.
+
+    `degraded` when Redis or MQTT is not up: MQTT is `down` without a broker connection,
+    `degraded` when messages have waited and nothing was committed for
+    `PLANTPULSE_INGEST__STALL_SECONDS` (the reason is in `detail`), `error` when an ingest task
+    crashed (it is restarted with backoff; `info.tasks` has the exception)."""
     database, redis = await asyncio.gather(_database(resources), _redis(resources))
     if database.status == "up" and not resources.timescale.installed:
         # The database may have been down at start-up, or the extension added since.
@@ -110,7 +117,7 @@ async def ready(resources: AppResources) -> JSONResponse:
     mqtt = _mqtt(resources)
     if database.status == "down":
         overall: Literal["ready", "degraded", "unavailable"] = "unavailable"
-    elif "down" in (redis.status, mqtt.status):
+    elif {"down", "degraded", "error"} & {redis.status, mqtt.status}:
         overall = "degraded"
     else:
         overall = "ready"

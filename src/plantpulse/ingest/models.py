@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, DateTime, Index, Integer, String, Table, Text, func
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+)
 
 from plantpulse.db import Base
 
@@ -17,4 +28,15 @@ dead_letters = Table(
     Column("payload_excerpt", Text),
     Column("payload_size", Integer, nullable=False, server_default="0"),
     Index("ix_dead_letters_received_at", "received_at"),
+)
+
+# QoS 1 packet ids whose message this client committed (ingest/redelivery.py): at most one row
+# per (client, packet id), replaced when the broker reuses the id.
+mqtt_deliveries = Table(
+    "mqtt_deliveries",
+    Base.metadata,
+    Column("client_id", Text, primary_key=True),
+    Column("packet_id", Integer, primary_key=True),
+    Column("digest", LargeBinary, nullable=False),
+    Column("committed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

@@ -7,6 +7,13 @@ acknowledged), subscribes at QoS 1, reconnects with backoff, and reports status.
 
 The in-flight window (unacknowledged QoS 1 messages the broker sends us) is the MQTT 5 Receive
 Maximum we announce; the broker queues everything beyond it. Measurements: docs/ingest.md.
+
+The writer and the connection loop run under a `Supervisor`: a crash (a bug: database and
+broker failures are retried inside them) is logged with its traceback and the task restarted
+with backoff, and `/ready` reports it. Restart rather than exit: the queue and the delivery log
+survive in this process, the writer's unacknowledged batches go back to the queue (pipeline.py),
+and the API keeps serving; exiting would drop all that for the broker to redeliver, and a
+deterministic bug would only crash again after the restart.
 """
 
 from __future__ import annotations
@@ -18,19 +25,25 @@ import random
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from plantpulse.db_errors import is_database_error
 from plantpulse.ingest.decoders import DecoderRegistry, json_registry
 from plantpulse.ingest.paho_bridge import Link, check_compatible
 from plantpulse.ingest.pipeline import Pipeline
 from plantpulse.ingest.stats import IngestState, percentiles
 from plantpulse.state import Resources
+from plantpulse.supervisor import Supervised, Supervisor
 
 log = logging.getLogger(__name__)
+
+Status = Literal["up", "down", "degraded", "error"]
+# A restarted task counts as recovered (not `error` in /ready) after running this long.
+HEALTHY_AFTER_SECONDS = 30.0
 
 
 class MqttIngest:
@@ -44,6 +57,11 @@ class MqttIngest:
         self.pipeline = Pipeline(resources, self._registry)
         self._connect_attempt = 0
         self._next_attempt_at: float | None = None
+        self.supervisor = Supervisor(
+            initial_backoff=0.5, max_backoff=30.0, healthy_after=HEALTHY_AFTER_SECONDS
+        )
+        # Set when the connection loop has returned (stopping).
+        self._disconnected = asyncio.Event()
 
     @property
     def state(self) -> IngestState:
@@ -84,8 +102,35 @@ class MqttIngest:
         topic = self._registry.subscription
         return f"$share/{group}/{topic}" if group else topic
 
+    async def _load_deliveries(self) -> None:
+        """Before the first connection: the delivery log (redelivery.py) must be known before
+        the broker redelivers anything. Waits out a database outage."""
+        deliveries = self.pipeline.deliveries
+        attempt = 0
+        while not deliveries.loaded and not self.pipeline.stopping.is_set():
+            try:
+                await deliveries.load(self._resources.pg)
+            except Exception as exc:
+                if not is_database_error(exc):
+                    raise
+                self.pipeline.state.error(
+                    f"database: delivery log not loaded: {type(exc).__name__}: {exc}"
+                )
+                if attempt == 0:
+                    log.warning("MQTT delivery log not loaded (%s); retrying", exc)
+                delay = min(self._settings.mqtt.reconnect_max_seconds, 0.5 * 2**attempt)
+                attempt += 1
+                self._next_attempt_at = time.time() + delay
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self.pipeline.stopping.wait()
+                self._next_attempt_at = None
+            else:
+                log.info("MQTT delivery log: %d packet ids recorded", len(deliveries))
+
     async def _connection_loop(self) -> None:
         mqtt = self._settings.mqtt
+        await self._load_deliveries()
         while not self.pipeline.stopping.is_set():
             # Connecting while our queue is full would only fill the in-flight window again.
             await self.pipeline.resumed.wait()
@@ -153,23 +198,54 @@ class MqttIngest:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    def status(self) -> tuple[bool, str | None, dict[str, Any] | None]:
-        """For /ready: (up, detail, info)."""
+    def status(self) -> tuple[Status, str | None, dict[str, Any]]:
+        """For /ready: (status, detail, info). `error`: a task crashed (restarting, or
+        restarted less than HEALTHY_AFTER_SECONDS ago); `down`: no broker connection;
+        `degraded`: messages waiting and nothing committed for `stall_seconds`."""
         mqtt = self._settings.mqtt
+        state = self.pipeline.state
+        tasks = self.supervisor.statuses()
         info: dict[str, Any] = {
             "broker": f"{mqtt.host}:{mqtt.port}",
             "client_id": mqtt.client_id,
             "subscription": self.topic_filter,
             "queue_depth": self.pipeline.queue_depth,
+            "waiting": self.pipeline.waiting,
             "paused": self.pipeline.paused,
+            "last_commit_at": datetime.fromtimestamp(state.committed_at, UTC).isoformat(),
+            "tasks": [
+                {
+                    "name": task.name,
+                    "state": task.state,
+                    "restarts": task.restarts,
+                    "last_error": task.last_error,
+                    "last_error_at": task.last_error_at.isoformat() if task.last_error_at else None,
+                }
+                for task in tasks
+            ],
         }
-        if self.pipeline.state.connected:
-            return True, None, info
-        detail = self.pipeline.state.last_error or "connecting"
-        if self._next_attempt_at is not None:
-            wait = max(0.0, self._next_attempt_at - time.time())
-            detail = f"{detail} (next attempt in {wait:.1f} s)"
-        return False, detail, info
+        status: Status = "up"
+        problems: list[str] = []
+        crashed = [task for task in tasks if not task.healthy]
+        if crashed:
+            status = "error"
+            problems += [
+                f"{task.name} crashed ({task.last_error}); "
+                + ("restarting" if task.state == "restarting" else "restarted")
+                + f" ({task.restarts} restarts)"
+                for task in crashed
+            ]
+        if not state.connected:
+            status = "down" if status == "up" else status
+            detail = state.last_error or "connecting"
+            if self._next_attempt_at is not None:
+                wait = max(0.0, self._next_attempt_at - time.time())
+                detail = f"{detail} (next attempt in {wait:.1f} s)"
+            problems.append(detail)
+        if (stalled := self.pipeline.stalled()) is not None:
+            status = "degraded" if status == "up" else status
+            problems.append(stalled)
+        return status, "; ".join(problems) or None, info
 
     def snapshot(self) -> dict[str, Any]:
         """Counters and gauges for `GET /api/v1/ingest/stats`."""
@@ -191,6 +267,7 @@ class MqttIngest:
             "batches": counters.batches,
             "write_retries": counters.write_retries,
             "reconnects": counters.reconnects,
+            "redelivered": counters.redelivered,
             "queue_depth": self.pipeline.queue_depth,
             "queue_readings": self.pipeline.queued_readings,
             "queue_capacity": self.pipeline.max_messages,
@@ -204,9 +281,8 @@ class MqttIngest:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MqttIngest]:
-        writer = asyncio.create_task(self.pipeline.write_loop(), name="mqtt-writer")
-        connection = asyncio.create_task(self._connection_loop(), name="mqtt-connection")
-        writer.add_done_callback(self._drained_callback)
+        writer = self.supervisor.spawn("mqtt-writer", self._write)
+        connection = self.supervisor.spawn("mqtt-connection", self._connect)
         self._resources.extras["mqtt_status"] = self.status
         self._resources.extras["mqtt_ingest"] = self
         try:
@@ -216,25 +292,38 @@ class MqttIngest:
             self._resources.extras.pop("mqtt_status", None)
             self._resources.extras.pop("mqtt_ingest", None)
 
-    def _drained_callback(self, task: asyncio.Task[None]) -> None:
+    async def _write(self) -> None:
+        await self.pipeline.write_loop()
+        # Returned: stopping, everything flushed and acknowledged (otherwise the supervisor
+        # takes the return for a crash and restarts it).
         self.pipeline.drained.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("MQTT writer stopped", exc_info=task.exception())
+        if self.pipeline.stopping.is_set():
+            await _until_cancelled()
 
-    async def _stop(self, writer: asyncio.Task[None], connection: asyncio.Task[None]) -> None:
+    async def _connect(self) -> None:
+        await self._connection_loop()
+        self._disconnected.set()
+        if self.pipeline.stopping.is_set():
+            await _until_cancelled()
+
+    async def _stop(self, writer: Supervised, connection: Supervised) -> None:
         """Stop taking messages, flush and acknowledge what we hold, disconnect; bounded."""
         self.pipeline.stop_taking()
         timeout = self._settings.mqtt.shutdown_timeout_seconds
-        _, pending = await asyncio.wait({writer, connection}, timeout=timeout + 2)
-        for task in pending:
-            task.cancel()
-        for task in pending:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if pending:
+        done = asyncio.gather(self.pipeline.drained.wait(), self._disconnected.wait())
+        try:
+            async with asyncio.timeout(timeout + 2):
+                await done
+        except TimeoutError:
             log.warning(
                 "MQTT ingest did not stop within %.0f s; %d unacknowledged messages will be "
                 "redelivered",
                 timeout,
-                self.pipeline.queue_depth,
+                self.pipeline.waiting,
             )
+        await connection.stop()
+        await writer.stop()
+
+
+async def _until_cancelled() -> None:
+    await asyncio.get_running_loop().create_future()

@@ -4,10 +4,13 @@
     queue --> writer task: store a batch --> commit --> PUBACK each message, in arrival order
 
 Nothing is acknowledged before it is committed, so a `kill -9` at any moment loses nothing:
-the broker redelivers whatever we never acknowledged and the readings' unique key drops the
-copies we had already stored. When the writer falls behind we stop reading the socket (the
-broker keeps the messages) instead of dropping. A batch the database keeps refusing is split
-until the message that causes it is found and dead-lettered. Measurements: docs/ingest.md.
+the broker redelivers whatever we never acknowledged, and what we had already stored is not
+stored again — the readings' unique key drops copies of readings with a device timestamp, the
+delivery log (redelivery.py) drops DUP copies of everything else. When the writer falls behind
+we stop reading the socket (the broker keeps the messages) instead of dropping. A batch the
+database keeps refusing is split until the message that causes it is found and dead-lettered.
+If the writer itself crashes (a bug), the batches it had taken go back to the front of the
+queue for its restart (mqtt.py supervises it). Measurements: docs/ingest.md.
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ import logging
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from plantpulse.db_errors import is_transient
-from plantpulse.ingest import dead_letters
+from plantpulse.ingest import dead_letters, redelivery
 from plantpulse.ingest.decoders import (
     DecodeError,
     DecoderRegistry,
@@ -40,6 +44,7 @@ from plantpulse.telemetry.service import keep_known_machines
 log = logging.getLogger(__name__)
 
 SOURCE = "mqtt"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # Readings (not messages) the queue may hold before we stop reading; messages are bounded by
 # settings.ingest.queue_max_messages.
 QUEUE_READINGS_FACTOR = 8
@@ -66,6 +71,12 @@ class Pending:
     status: StatusChange | None
     # "<reason code>: <detail>" when the message (or part of it) is a dead letter.
     dead: str | None
+    # The digest to record for this packet id when the batch commits (redelivery.py).
+    record: bytes | None = None
+    # Delete the (stale) record of this packet id when the batch commits.
+    forget: bool = False
+    # A DUP copy of a message already committed or queued: nothing to store, only the ack.
+    copy: bool = False
 
 
 class Pipeline:
@@ -97,6 +108,23 @@ class Pipeline:
         # Bumped per connection: messages of an earlier one are never acknowledged on a later.
         self.generation = 0
         self.link: Link | None = None
+        mqtt = self._settings.mqtt
+        self.deliveries = redelivery.DeliveryLog(
+            mqtt.client_id, keep_seconds=mqtt.session_expiry_seconds
+        )
+        # Receive times (readings without a device timestamp) strictly increase, in µs: two
+        # readings of one machine and metric must never get the same time (the unique key
+        # would take the second for a copy).
+        self._last_micros = 0
+        # Batches taken from the queue and not yet acknowledged, in order (by sequence).
+        self._in_flight: dict[int, list[Pending]] = {}
+        self._batches_taken = 0
+        self._stall_seconds = ingest.stall_seconds
+        # Test hook: awaited with each batch before it is written (to hold or crash the writer).
+        self.before_write: Callable[[list[Pending]], Awaitable[None]] | None = None
+        # The first batch write of this writer run that failed (not a database error: those
+        # are retried); the loop stops taking batches and raises it.
+        self._failure: BaseException | None = None
 
     @property
     def queue_depth(self) -> int:
@@ -105,6 +133,26 @@ class Pipeline:
     @property
     def queued_readings(self) -> int:
         return self._queued_readings
+
+    @property
+    def waiting(self) -> int:
+        """Messages received and not yet acknowledged (queued or being written)."""
+        return len(self._queue) + sum(len(batch) for batch in self._in_flight.values())
+
+    def stalled(self) -> str | None:
+        """Why ingest is not making progress, or None: messages have been waiting, and nothing
+        has been committed, for longer than `stall_seconds` (for /ready)."""
+        waiting = self.waiting
+        if not waiting:
+            return None
+        first = next(iter(self._in_flight.values()), None) or self._queue
+        since = max(self.state.committed_at, first[0].arrived)
+        idle = time.time() - since
+        if idle <= self._stall_seconds:
+            return None
+        reason = f"{waiting} messages waiting, nothing committed for {idle:.0f} s"
+        error = self.state.write_error
+        return f"{reason}: {error}" if error else reason
 
     def stop_taking(self) -> None:
         """Stop reading; the writer flushes what is queued and returns."""
@@ -130,6 +178,14 @@ class Pipeline:
         rows: list[Row] = []
         status: StatusChange | None = None
         dead: str | None = None
+        content: bytes | None = None
+        if message.dup and message.qos:
+            content = redelivery.digest(message.raw_topic, payload)
+            if self.deliveries.is_copy(message.mid, content):
+                counters.redelivered += 1
+                self._enqueue(self._copy_of(message, arrived))
+                return
+        now: datetime | None = None
         try:
             topic = message.topic
         except UnicodeDecodeError:
@@ -138,7 +194,7 @@ class Pipeline:
         if dead is None and len(payload) > self._max_payload:
             dead = f"{Reason.oversized}: {len(payload)} bytes > {self._max_payload}"
         if dead is None:
-            now = datetime.fromtimestamp(arrived, UTC)
+            now = self._receive_time(arrived)
             clock = Clock(now, timedelta(seconds=self._resources.live.future_skew_seconds))
             try:
                 decoded = self._registry.decode(topic, payload, clock)
@@ -154,19 +210,41 @@ class Pipeline:
                         dead = _rejections(decoded.parsed)
                 else:
                     status = decoded
-        self._queue.append(
-            Pending(
-                message.mid,
-                message.qos,
-                self.generation,
-                topic,
-                payload,
-                arrived,
-                rows,
-                status,
-                dead,
-            )
+        item = Pending(
+            message.mid, message.qos, self.generation, topic, payload, arrived, rows, status, dead
         )
+        if message.qos:
+            self._track(item, message.raw_topic, content, now)
+        self._enqueue(item)
+
+    def _copy_of(self, message: Publish, arrived: float) -> Pending:
+        return Pending(
+            message.mid, message.qos, self.generation, "", b"", arrived, [], None, None, copy=True
+        )
+
+    def _receive_time(self, arrived: float) -> datetime:
+        micros = int(arrived * 1_000_000)
+        if micros <= self._last_micros:
+            micros = self._last_micros + 1
+        self._last_micros = micros
+        return EPOCH + timedelta(microseconds=micros)
+
+    def _track(
+        self, item: Pending, raw_topic: bytes, content: bytes | None, now: datetime | None
+    ) -> None:
+        """Decide whether a QoS 1 message's packet id is recorded with its batch: yes if the
+        unique key cannot recognise a copy of it (readings stamped with the receive time, a
+        status change, a dead letter). Decoders stamp such readings with `clock.now`, this
+        very object, which is what `is` checks."""
+        if item.dead is not None or item.status is not None or any(r[0] is now for r in item.rows):
+            item.record = content or redelivery.digest(raw_topic, item.payload)
+            self.deliveries.note(item.mid, item.record)
+        elif self.deliveries.forget(item.mid):
+            item.forget = True
+
+    def _enqueue(self, item: Pending) -> None:
+        self._queue.append(item)
+        rows = item.rows
         self._queued_readings += len(rows)
         depth = len(self._queue)
         if depth > self.state.queue_high_water:
@@ -201,7 +279,7 @@ class Pipeline:
 
     async def _next_batch(self) -> list[Pending] | None:
         while not self._queue:
-            if self.stopping.is_set():
+            if self.stopping.is_set() or self._failure is not None:
                 return None
             self._wake.clear()
             await self._wake.wait()
@@ -216,6 +294,8 @@ class Pipeline:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(wait):
                         await self._full.wait()
+        if self._failure is not None:
+            return None
         batch: list[Pending] = []
         readings = 0
         while self._queue and (readings < self._batch_readings or not batch):
@@ -235,36 +315,88 @@ class Pipeline:
         slots = asyncio.Semaphore(self._settings.ingest.writer_connections)
         previous: asyncio.Task[None] | None = None
         flushes: set[asyncio.Task[None]] = set()
+        self._failure = None
         try:
             while True:
                 await slots.acquire()
-                if previous is not None and previous.done() and (error := previous.exception()):
-                    raise error
                 batch = await self._next_batch()
+                if self._failure is not None:
+                    raise self._failure
                 if batch is None:
                     break
-                previous = asyncio.create_task(self._flush(batch, previous, slots))
+                self._batches_taken += 1
+                self._in_flight[self._batches_taken] = batch
+                previous = asyncio.create_task(
+                    self._flush(self._batches_taken, batch, previous, slots)
+                )
                 flushes.add(previous)
+                previous.add_done_callback(self._flush_done)
                 previous.add_done_callback(flushes.discard)
             if previous is not None:
                 await previous  # the last one acknowledges after all the others
         finally:
-            for task in list(flushes):
+            for task in flushes:
                 task.cancel()
+            if flushes:
+                await asyncio.wait(flushes)
+            self._requeue_unacknowledged()
+
+    def _flush_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or (error := task.exception()) is None:
+            return
+        if self._failure is None:
+            self._failure = error
+        # Wake the loop, wherever it waits for a batch, to raise it.
+        self._wake.set()
+        self._full.set()
+
+    def _requeue_unacknowledged(self) -> None:
+        """After the writer failed: the batches it had taken and not acknowledged go back to
+        the front of the queue, in order, for the restarted writer. Some may be committed
+        already; writing them again stores nothing twice (their rows and receive times were
+        fixed on arrival, and the records are upserts)."""
+        if not self._in_flight:
+            return
+        items = [item for batch in self._in_flight.values() for item in batch]
+        self._in_flight.clear()
+        self._queue.extendleft(reversed(items))
+        self._queued_readings += sum(len(item.rows) for item in items)
+        log.warning("MQTT writer stopped with %d messages unacknowledged; requeued", len(items))
+        self._wake.set()
 
     async def _flush(
-        self, batch: list[Pending], previous: asyncio.Task[None] | None, slots: asyncio.Semaphore
+        self,
+        sequence: int,
+        batch: list[Pending],
+        previous: asyncio.Task[None] | None,
+        slots: asyncio.Semaphore,
     ) -> None:
         try:
+            if self.before_write is not None:
+                await self.before_write(batch)
             started = time.monotonic()
             await self._commit(batch)
             self.state.flush_seconds.append(time.monotonic() - started)
+            self.state.committed()
             if previous is not None:
                 await previous
             self.state.commit_lag_seconds.append(time.time() - batch[0].arrived)
+            # Out of the requeue set before the acks: an ack is never sent twice.
+            del self._in_flight[sequence]
             self._acknowledge(batch)
         finally:
             slots.release()
+
+    def delivery_changes(self, batch: list[Pending]) -> dict[int, bytes | None]:
+        """The delivery-log changes to commit with `batch` (packet id -> digest, None to
+        delete), in arrival order: a later message under the same id wins."""
+        changes: dict[int, bytes | None] = {}
+        for item in batch:
+            if item.record is not None:
+                changes[item.mid] = item.record
+            elif item.forget:
+                changes[item.mid] = None
+        return changes
 
     async def _commit(self, batch: list[Pending]) -> None:
         """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
@@ -288,6 +420,7 @@ class Pipeline:
     def _retrying(self, exc: BaseException, attempt: int) -> None:
         self.state.counters.write_retries += 1
         self.state.error(f"database: {type(exc).__name__}: {exc}")
+        self.state.write_error = self.state.last_error
         if attempt == 0:
             log.warning("MQTT batch not stored (%s: %s); retrying", type(exc).__name__, exc)
 

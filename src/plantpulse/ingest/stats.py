@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ class IngestCounters:
     acknowledged: int = 0
     write_retries: int = 0
     reconnects: int = 0
+    # DUP deliveries recognised as copies of committed messages (acknowledged, not stored).
+    redelivered: int = 0
 
 
 @dataclass
@@ -38,10 +41,18 @@ class IngestState:
     # The most messages the queue has held (it never exceeds queue_max_messages).
     queue_high_water: int = 0
     connected_since: datetime | None = None
+    # time.time() of the last commit (of the start, before any): progress, for /ready.
+    committed_at: float = field(default_factory=time.time)
+    # The last database error of the writer, until its next commit.
+    write_error: str | None = None
 
     def error(self, message: str) -> None:
         self.last_error = message[:500]
         self.last_error_at = datetime.now(UTC)
+
+    def committed(self) -> None:
+        self.committed_at = time.time()
+        self.write_error = None
 
 
 def percentiles(samples: Sequence[float]) -> dict[str, float | None]:

@@ -1,0 +1,370 @@
+"""QoS 1 redeliveries after a crash, with and without device timestamps (issue 8, item 4).
+
+A reading without a device timestamp takes the time it was received, so the unique key cannot
+recognise its redelivery: only the record of committed packet ids can (ingest/redelivery.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from plantpulse.ingest.decoders import json_registry
+from plantpulse.ingest.paho_bridge import Publish
+from plantpulse.ingest.pipeline import Pending, Pipeline
+from plantpulse.ingest.redelivery import DeliveryLog
+from plantpulse.state import Resources
+from tests import support
+from tests.conftest import MachineFactory
+from tests.ingest.conftest import (
+    count_readings,
+    eventually,
+    ingest_of,
+    mosquitto_pub,
+    mqtt_settings,
+    running,
+    subscribed,
+)
+from tests.ingest.test_failures import Service
+
+MESSAGES = 20_000
+T0_MS = 1767607200000
+
+
+@pytest.fixture
+async def own_database() -> AsyncIterator[str]:
+    """A migrated database for this test alone (the service using it gets killed)."""
+    url = await support.create_database(f"r{uuid.uuid4().hex[:8]}")
+    try:
+        await support.migrate(url)
+        yield url
+    finally:
+        await support.drop_database(url)
+
+
+def _dsn(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+async def _machine(pool: asyncpg.Pool) -> uuid.UUID:
+    machine = uuid.uuid4()
+    await pool.execute("INSERT INTO machines (id, name) VALUES ($1, $2)", machine, "press")
+    return machine
+
+
+def _lines(count: int, *, timestamps: bool) -> list[str]:
+    """One message per line; `speed` numbers the messages, so a duplicate is visible."""
+    if timestamps:
+        return [
+            json.dumps({"timestamp": T0_MS + i, "temperature": i % 90, "speed": i})
+            for i in range(count)
+        ]
+    return [json.dumps({"temperature": i % 90, "speed": i}) for i in range(count)]
+
+
+class TestKillNineRedelivery:
+    @pytest.mark.parametrize("timestamps", [True, False], ids=["device-time", "receive-time"])
+    async def test_every_message_is_stored_exactly_once_after_kill_9(
+        self, own_database: str, broker: support.Broker, tmp_path: Path, timestamps: bool
+    ) -> None:
+        service = Service(own_database, broker, tmp_path / "service.log")
+        pool = await asyncpg.create_pool(_dsn(own_database), min_size=1, max_size=2)
+        try:
+            machine = await _machine(pool)
+            await service.start()
+            topic = f"{service.prefix}/machines/{machine}/telemetry"
+            publisher = asyncio.create_task(
+                mosquitto_pub(broker, topic, _lines(MESSAGES, timestamps=timestamps))
+            )
+
+            async def under_way() -> bool:
+                return await count_readings(pool, [machine]) >= MESSAGES // 2
+
+            await eventually(under_way, within=60, every=0.01)
+            await service.kill(signal.SIGKILL)
+            at_kill = await count_readings(pool, [machine]) // 2
+            await publisher
+            assert at_kill < MESSAGES, "the service was not killed mid-stream"
+
+            await service.start()
+
+            async def all_received() -> bool:
+                return await count_readings(pool, [machine]) >= 2 * MESSAGES
+
+            await eventually(all_received, within=60, every=0.1)
+            await asyncio.sleep(1.0)  # a late redelivery would show up as extra rows
+            stored = await pool.fetchval(
+                "SELECT count(*) FROM readings WHERE machine_id = $1 AND metric = 'speed'", machine
+            )
+            distinct = await pool.fetchval(
+                "SELECT count(DISTINCT value) FROM readings "
+                "WHERE machine_id = $1 AND metric = 'speed'",
+                machine,
+            )
+            temperatures = await pool.fetchval(
+                "SELECT count(*) FROM readings WHERE machine_id = $1 AND metric = 'temperature'",
+                machine,
+            )
+            print(
+                f"published {MESSAGES}, stored at kill {at_kill}, stored {stored}, "
+                f"duplicates {stored - distinct}"
+            )
+            assert (stored, distinct, temperatures) == (MESSAGES, MESSAGES, MESSAGES)
+            assert await pool.fetchval("SELECT count(*) FROM dead_letters") == 0
+        finally:
+            if service.process is not None and service.process.returncode is None:
+                await service.kill()
+            await pool.close()
+
+
+class TestConnectionLost:
+    async def test_redeliveries_of_messages_still_being_written_are_not_stored_twice(
+        self,
+        database_url: str,
+        broker: support.Broker,
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        settings = mqtt_settings(database_url, broker, ingest={"batch_max_readings": 1})
+        topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
+        async with running(settings) as resources:
+            await subscribed(resources)
+            ingest = ingest_of(resources)
+            pipeline = ingest.pipeline
+            release = asyncio.Event()
+
+            async def held(batch: list[Pending]) -> None:
+                await release.wait()
+
+            pipeline.before_write = held
+            await mosquitto_pub(broker, topic, _lines(5, timestamps=False))
+
+            async def all_received() -> bool:
+                return ingest.state.counters.received == 5
+
+            await eventually(all_received)
+            # The network goes away while the batches are being written: nothing was
+            # acknowledged, so the broker sends all five again (DUP) on the next connection.
+            link = pipeline.link
+            assert link is not None
+            link.paho.socket().shutdown(socket.SHUT_RDWR)
+
+            async def redelivered() -> bool:
+                return ingest.state.counters.received == 10 and ingest.state.connected
+
+            await eventually(redelivered)
+            release.set()
+
+            async def acknowledged() -> bool:
+                return ingest.state.counters.acknowledged == 5
+
+            await eventually(acknowledged)
+            rows = await pg_pool.fetch(
+                "SELECT value FROM readings WHERE machine_id = $1 AND metric = 'speed' "
+                "ORDER BY value",
+                machine,
+            )
+            assert [r["value"] for r in rows] == [0, 1, 2, 3, 4]
+            assert ingest.state.counters.redelivered == 5
+
+
+@pytest.fixture
+async def pipelines(
+    resources: Resources, pg_pool: asyncpg.Pool
+) -> AsyncIterator[Callable[[str], Awaitable[Pipeline]]]:
+    """Pipelines fed PUBLISH packets directly (no broker: nothing is acknowledged), writing to
+    the test database; `await pipelines(client_id)` starts one with that client's records."""
+    started: list[tuple[Pipeline, asyncio.Task[None]]] = []
+    clients: set[str] = set()
+
+    async def start(client_id: str) -> Pipeline:
+        pipeline = Pipeline(resources, json_registry(PREFIX))
+        pipeline.deliveries = DeliveryLog(client_id, keep_seconds=0)
+        await pipeline.deliveries.load(resources.pg)
+        started.append((pipeline, asyncio.create_task(pipeline.write_loop())))
+        clients.add(client_id)
+        return pipeline
+
+    yield start
+    for pipeline, task in started:
+        pipeline.stop_taking()
+        await task
+    await pg_pool.execute("DELETE FROM mqtt_deliveries WHERE client_id = ANY($1)", list(clients))
+
+
+PREFIX = "pptest/deliveries"
+
+
+async def _deliver(
+    pipeline: Pipeline, packet_id: int, topic: str, payload: str, *, dup: bool = False
+) -> None:
+    """One QoS 1 PUBLISH as the broker would send it; returns once it is committed."""
+    pipeline.on_publish(Publish(packet_id, 1, dup, f"{PREFIX}/{topic}".encode(), payload.encode()))
+
+    async def committed() -> bool:
+        return pipeline.waiting == 0
+
+    await eventually(committed)
+
+
+async def _records(pg_pool: asyncpg.Pool, client_id: str) -> dict[int, bytes]:
+    rows = await pg_pool.fetch(
+        "SELECT packet_id, digest FROM mqtt_deliveries WHERE client_id = $1", client_id
+    )
+    return {r["packet_id"]: r["digest"] for r in rows}
+
+
+async def _speeds(pg_pool: asyncpg.Pool, machine: uuid.UUID) -> list[float]:
+    rows = await pg_pool.fetch(
+        "SELECT value FROM readings WHERE machine_id = $1 AND metric = 'speed' ORDER BY time",
+        machine,
+    )
+    return [r["value"] for r in rows]
+
+
+def _client() -> str:
+    return f"pptest-{uuid.uuid4().hex[:12]}"
+
+
+class TestDeliveryLog:
+    """What a DUP delivery is checked against, and why a reused packet id is never taken for
+    a copy of another message."""
+
+    async def test_a_dup_copy_of_a_committed_message_is_acknowledged_not_stored(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        pipeline = await pipelines(client)
+        topic = f"machines/{machine}/telemetry"
+        await _deliver(pipeline, 7, topic, '{"speed": 1}')
+        await _deliver(pipeline, 7, topic, '{"speed": 1}', dup=True)
+        assert await _speeds(pg_pool, machine) == [1]
+        assert pipeline.state.counters.redelivered == 1
+        assert list(await _records(pg_pool, client)) == [7]
+
+    async def test_the_record_survives_a_restart_of_the_process(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        await _deliver(await pipelines(client), 7, topic, '{"speed": 1}')
+        restarted = await pipelines(client)
+        await _deliver(restarted, 7, topic, '{"speed": 1}', dup=True)
+        # A DUP the first process never received: stored.
+        await _deliver(restarted, 8, topic, '{"speed": 2}', dup=True)
+        assert await _speeds(pg_pool, machine) == [1, 2]
+        assert restarted.state.counters.redelivered == 1
+
+    async def test_another_message_under_a_recorded_packet_id_is_stored(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        await _deliver(await pipelines(client), 7, topic, '{"speed": 1}')
+        pipeline = await pipelines(client)
+        # The broker reused id 7 (it had our PUBACK): a DUP with other content is another
+        # message, and so is a first delivery with the same content.
+        await _deliver(pipeline, 7, topic, '{"speed": 2}', dup=True)
+        await _deliver(pipeline, 7, topic, '{"speed": 2}')
+        assert await _speeds(pg_pool, machine) == [1, 2, 2]
+        assert pipeline.state.counters.redelivered == 0
+        # ...and the record follows the latest message under the id.
+        restarted = await pipelines(client)
+        await _deliver(restarted, 7, topic, '{"speed": 2}', dup=True)
+        await _deliver(restarted, 7, topic, '{"speed": 1}', dup=True)
+        assert await _speeds(pg_pool, machine) == [1, 2, 2, 1]
+        assert restarted.state.counters.redelivered == 1
+
+    async def test_messages_with_device_timestamps_are_not_recorded_and_retire_stale_records(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        pipeline = await pipelines(client)
+        await _deliver(pipeline, 7, topic, '{"speed": 1}')
+        await _deliver(pipeline, 8, topic, '{"timestamp": 1767607200, "speed": 2}')
+        assert list(await _records(pg_pool, client)) == [7]
+        # Id 7 reused for a message the unique key protects: the old record goes.
+        await _deliver(pipeline, 7, topic, '{"timestamp": 1767607201, "speed": 3}')
+        assert await _records(pg_pool, client) == {}
+        restarted = await pipelines(client)
+        await _deliver(restarted, 7, topic, '{"speed": 1}', dup=True)
+        await _deliver(restarted, 8, topic, '{"timestamp": 1767607200, "speed": 2}', dup=True)
+        assert await _speeds(pg_pool, machine) == [2, 3, 1, 1]
+
+    async def test_status_changes_and_dead_letters_are_recorded_once(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        await _deliver(await pipelines(client), 1, topic, "not json")
+        await _deliver(await pipelines(client), 2, f"machines/{machine}/status", "online")
+        restarted = await pipelines(client)
+        await _deliver(restarted, 1, topic, "not json", dup=True)
+        await _deliver(restarted, 2, f"machines/{machine}/status", "online", dup=True)
+        assert restarted.state.counters.redelivered == 2
+        letters = await pg_pool.fetchval(
+            "SELECT count(*) FROM dead_letters WHERE topic = $1", f"{PREFIX}/{topic}"
+        )
+        await pg_pool.execute("DELETE FROM dead_letters WHERE topic LIKE $1", f"{PREFIX}/%")
+        assert letters == 1
+
+    async def test_each_client_id_has_its_own_records(
+        self,
+        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+    ) -> None:
+        """Processes sharing a subscription have their own client ids and sessions: the same
+        packet id in two sessions names two deliveries."""
+        machine = await committed_machine()
+        first, second = _client(), _client()
+        topic = f"machines/{machine}/telemetry"
+        await _deliver(await pipelines(first), 7, topic, '{"speed": 1}')
+        other = await pipelines(second)
+        await _deliver(other, 7, topic, '{"speed": 1}', dup=True)
+        assert await _speeds(pg_pool, machine) == [1, 1]
+        assert list(await _records(pg_pool, first)) == [7]
+        assert list(await _records(pg_pool, second)) == [7]
+
+    async def test_records_older_than_the_session_lifetime_are_pruned_at_start(
+        self, pipelines: Callable[[str], Awaitable[Pipeline]], pg_pool: asyncpg.Pool
+    ) -> None:
+        client = _client()
+        await pg_pool.execute(
+            "INSERT INTO mqtt_deliveries (client_id, packet_id, digest, committed_at) "
+            "VALUES ($1, 1, '\\x00', now() - interval '8 days'), ($1, 2, '\\x00', now())",
+            client,
+        )
+        pipeline = await pipelines(client)
+        assert len(pipeline.deliveries) == 1
+        assert list(await _records(pg_pool, client)) == [2]
