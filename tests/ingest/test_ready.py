@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,28 +20,16 @@ from plantpulse.ingest.pipeline import Pending
 from tests import support
 from tests.conftest import MachineFactory
 from tests.ingest.conftest import (
+    DatabaseFaults,
+    add_machine,
     count_readings,
+    dsn,
     eventually,
     ingest_of,
     mosquitto_pub,
     mqtt_settings,
     subscribed,
 )
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[str]:
-    """A migrated database for this test alone (it is cut off)."""
-    url = await support.create_database(f"s{uuid.uuid4().hex[:8]}")
-    try:
-        await support.migrate(url)
-        yield url
-    finally:
-        await support.drop_database(url)
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 @asynccontextmanager
@@ -67,16 +54,11 @@ class TestIngestStalled:
     async def test_a_database_outage_longer_than_the_threshold_degrades_then_recovers(
         self, own_database: str, broker: support.Broker
     ) -> None:
-        name = own_database.rsplit("/", 1)[1]
-        assert name.startswith(f"pptest_{support.RUN_ID}_")
+        machine = await add_machine(own_database)
         settings = mqtt_settings(own_database, broker, ingest={"stall_seconds": 1})
-        pool = await asyncpg.create_pool(_dsn(own_database), min_size=1, max_size=1)
-        machine = uuid.uuid4()
-        await pool.execute("INSERT INTO machines (id, name) VALUES ($1, 'press')", machine)
         topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
         lines = [json.dumps({"timestamp": 1767607200 + i, "t": i}) for i in range(50)]
-        admin = await asyncpg.connect(_dsn(support.SERVER_URL))
-        try:
+        async with DatabaseFaults(own_database) as faults:
             async with serving(settings) as (ingest, client):
                 # Idle for longer than the threshold is not a stall.
                 await mosquitto_pub(broker, topic, lines[:1])
@@ -87,11 +69,7 @@ class TestIngestStalled:
                 await eventually(first_acknowledged)
                 assert (await _mqtt(client))["status"] == "up"
 
-                await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS false')
-                await admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
-                    name,
-                )
+                await faults.refuse()
                 await mosquitto_pub(broker, topic, lines[1:])
 
                 async def degraded() -> bool:
@@ -105,7 +83,7 @@ class TestIngestStalled:
                 assert "database: " in mqtt["detail"]
                 assert mqtt["info"]["waiting"] == 49
 
-                await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
+                await faults.allow()
 
                 async def recovered() -> bool:
                     return ingest.state.counters.acknowledged == 50
@@ -114,10 +92,10 @@ class TestIngestStalled:
                 response = await client.get("/ready")
                 assert response.json()["mqtt"]["status"] == "up"
                 assert response.json()["status"] == "ready"
+        pool = await asyncpg.create_pool(dsn(own_database), min_size=1, max_size=1)
+        try:
             assert await count_readings(pool, [machine]) == 50
         finally:
-            await admin.execute(f'ALTER DATABASE "{name}" WITH ALLOW_CONNECTIONS true')
-            await admin.close()
             await pool.close()
 
 

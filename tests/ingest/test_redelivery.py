@@ -25,7 +25,9 @@ from plantpulse.state import Resources
 from tests import support
 from tests.conftest import MachineFactory
 from tests.ingest.conftest import (
+    add_machine,
     count_readings,
+    dsn,
     eventually,
     ingest_of,
     mosquitto_pub,
@@ -37,27 +39,6 @@ from tests.ingest.test_failures import Service
 
 MESSAGES = 20_000
 T0_MS = 1767607200000
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[str]:
-    """A migrated database for this test alone (the service using it gets killed)."""
-    url = await support.create_database(f"r{uuid.uuid4().hex[:8]}")
-    try:
-        await support.migrate(url)
-        yield url
-    finally:
-        await support.drop_database(url)
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def _machine(pool: asyncpg.Pool) -> uuid.UUID:
-    machine = uuid.uuid4()
-    await pool.execute("INSERT INTO machines (id, name) VALUES ($1, $2)", machine, "press")
-    return machine
 
 
 def _lines(count: int, *, timestamps: bool) -> list[str]:
@@ -75,10 +56,10 @@ class TestKillNineRedelivery:
     async def test_every_message_is_stored_exactly_once_after_kill_9(
         self, own_database: str, broker: support.Broker, tmp_path: Path, timestamps: bool
     ) -> None:
+        machine = await add_machine(own_database)
         service = Service(own_database, broker, tmp_path / "service.log")
-        pool = await asyncpg.create_pool(_dsn(own_database), min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn(own_database), min_size=1, max_size=2)
         try:
-            machine = await _machine(pool)
             await service.start()
             topic = f"{service.prefix}/machines/{machine}/telemetry"
             publisher = asyncio.create_task(

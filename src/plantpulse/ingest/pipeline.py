@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -39,7 +40,7 @@ from plantpulse.ingest.stats import IngestState
 from plantpulse.machines import connectivity
 from plantpulse.state import Resources
 from plantpulse.telemetry.payloads import Clock, Parsed, Row
-from plantpulse.telemetry.service import keep_known_machines
+from plantpulse.telemetry.service import store_batch
 
 log = logging.getLogger(__name__)
 
@@ -402,10 +403,9 @@ class Pipeline:
         """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
         attempt = 0
         permanent = 0
-        stored = False
         while True:
             try:
-                stored = await self._store(batch, rows_stored=stored)
+                await self._store(batch)
                 return
             except Exception as exc:
                 self._retrying(exc, attempt)
@@ -436,64 +436,36 @@ class Pipeline:
         await self._commit(batch[:half])
         await self._commit(batch[half:])
 
-    async def _store(self, batch: list[Pending], *, rows_stored: bool) -> bool:
+    async def _store(self, batch: list[Pending]) -> None:
+        """One transaction: readings, status changes, dead letters (telemetry.service), and
+        the batch's delivery-log changes (redelivery.py)."""
         resources = self._resources
-        counters = self.state.counters
-        rows = [row for item in batch for row in item.rows]
-        unknown: set[uuid.UUID] = set()
-        if rows and not rows_stored:
-            parsed = Parsed(rows=rows)
-            kept = await keep_known_machines(
-                resources.catalog, parsed, auto_register=resources.live.auto_register_machines
+        changes = self.delivery_changes(batch)
+        stored = await store_batch(
+            Parsed(rows=[row for item in batch for row in item.rows]),
+            catalog=resources.catalog,
+            writer=resources.writer,
+            auto_register=resources.live.auto_register_machines,
+            source=SOURCE,
+            statuses=[(i.status.machine_id, i.status.connectivity) for i in batch if i.status],
+            feed=resources.connectivity,
+            dead_letters_of=functools.partial(_dead_letters, batch),
+            extra=functools.partial(
+                redelivery.persist, client_id=self.deliveries.client_id, changes=changes
             )
-            if kept is not parsed:
-                unknown = {r[1] for r in rows} - {r[1] for r in kept.rows}
-            result = await resources.writer.write(kept.rows, source=SOURCE)
-            counters.readings_received += result.received
-            counters.readings_stored += result.inserted
-            counters.duplicates += result.duplicates
-        letters: list[dead_letters.DeadLetter] = []
-        statuses = [
-            (item.status.machine_id, item.status.connectivity) for item in batch if item.status
-        ]
-        if not statuses and not unknown and not any(item.dead for item in batch):
-            # The common case: readings only, all stored; no second transaction to wait for.
-            counters.accepted += len(batch)
-            counters.batches += 1
-            return True
-        async with resources.pg.acquire() as conn, conn.transaction():
-            applied = await connectivity.record(conn, statuses) if statuses else []
-            updated = {change.machine_id for change in applied}
-            for item in batch:
-                reasons = [item.dead] if item.dead else []
-                if unknown and item.rows:
-                    missing = sorted({str(r[1]) for r in item.rows if r[1] in unknown})
-                    if missing:
-                        reasons.append(
-                            f"{Reason.unknown_machine}: not registered: {', '.join(missing[:5])}"
-                        )
-                if item.status and item.status.machine_id not in updated:
-                    reasons.append(
-                        f"{Reason.unknown_machine}: machine {item.status.machine_id} "
-                        "is not registered"
-                    )
-                if reasons:
-                    letters.append(
-                        dead_letters.DeadLetter(
-                            received_at=datetime.fromtimestamp(item.arrived, UTC),
-                            source=SOURCE,
-                            topic=item.topic,
-                            reason="; ".join(reasons),
-                            payload=item.payload,
-                        )
-                    )
-            await dead_letters.record(conn, letters)
-        resources.connectivity.publish(applied)
-        counters.status_updates += len(applied)
-        counters.rejected += len(letters)
-        counters.accepted += len(batch) - len(letters)
+            if changes
+            else None,
+        )
+        # Counted once, after the commit.
+        counters = self.state.counters
+        result = stored.written.result
+        counters.readings_received += result.received
+        counters.readings_stored += result.inserted
+        counters.duplicates += result.duplicates
+        counters.status_updates += len(stored.applied)
+        counters.rejected += stored.dead_letters
+        counters.accepted += len(batch) - stored.dead_letters
         counters.batches += 1
-        return True
 
     def _acknowledge(self, batch: list[Pending]) -> None:
         connection = self.link
@@ -515,3 +487,36 @@ def _rejections(parsed: Parsed) -> str:
     more = f" (+{len(parsed.rejected) - 5} more)" if len(parsed.rejected) > 5 else ""
     total = len(parsed.rows) + len(parsed.rejected)
     return f"{Reason.rejected_values}: {len(parsed.rejected)} of {total} rejected: {shown}{more}"
+
+
+def _dead_letters(
+    batch: list[Pending],
+    unknown: frozenset[uuid.UUID],
+    applied: Sequence[connectivity.ConnectivityChange],
+) -> list[dead_letters.DeadLetter]:
+    """A dead letter per message that was not ingested in full, with every reason why."""
+    updated = {change.machine_id for change in applied}
+    letters: list[dead_letters.DeadLetter] = []
+    for item in batch:
+        reasons = [item.dead] if item.dead else []
+        if unknown and item.rows:
+            missing = sorted({str(r[1]) for r in item.rows if r[1] in unknown})
+            if missing:
+                reasons.append(
+                    f"{Reason.unknown_machine}: not registered: {', '.join(missing[:5])}"
+                )
+        if item.status and item.status.machine_id not in updated:
+            reasons.append(
+                f"{Reason.unknown_machine}: machine {item.status.machine_id} is not registered"
+            )
+        if reasons:
+            letters.append(
+                dead_letters.DeadLetter(
+                    received_at=datetime.fromtimestamp(item.arrived, UTC),
+                    source=SOURCE,
+                    topic=item.topic,
+                    reason="; ".join(reasons),
+                    payload=item.payload,
+                )
+            )
+    return letters

@@ -1,0 +1,244 @@
+"""The database failing under MQTT QoS 1 load, the way it was found (issue 8, item 1): backends
+terminated mid-write, again and again, and outages with connections refused. Every published
+message must end up stored exactly once, with no restart of the service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import asyncpg
+
+from plantpulse.state import Resources
+from plantpulse.telemetry.writer import CommittedBatch
+from tests import support
+from tests.ingest.conftest import (
+    DatabaseFaults,
+    PacedPublisher,
+    add_machine,
+    dsn,
+    eventually,
+    ingest_of,
+    mqtt_settings,
+    running,
+    subscribed,
+)
+
+T0_MS = 1767607200000
+
+
+def telemetry_lines(count: int) -> list[str]:
+    return [
+        json.dumps({"timestamp": T0_MS + i, "temperature": i % 90, "speed": i})
+        for i in range(count)
+    ]
+
+
+async def assert_stored_once(url: str, machine: uuid.UUID, messages: int) -> None:
+    """Every message's two readings are in the table, once; nothing was dead-lettered."""
+    conn = await asyncpg.connect(dsn(url))
+    try:
+        per_metric = await conn.fetch(
+            "SELECT metric, count(*) AS n, count(DISTINCT time) AS times FROM readings "
+            "WHERE machine_id = $1 GROUP BY metric ORDER BY metric",
+            machine,
+        )
+        assert [(r["metric"], r["n"], r["times"]) for r in per_metric] == [
+            ("speed", messages, messages),
+            ("temperature", messages, messages),
+        ]
+        letters = await conn.fetch("SELECT reason FROM dead_letters LIMIT 5")
+        assert letters == [], [r["reason"] for r in letters]
+    finally:
+        await conn.close()
+
+
+async def wait_until_all_acknowledged(resources: Resources, messages: int) -> None:
+    """The pipeline kept flowing: every message committed and acknowledged, same process."""
+    counters = ingest_of(resources).state.counters
+
+    async def done() -> bool:
+        return counters.acknowledged >= messages
+
+    await eventually(done, within=120, every=0.1)
+    assert counters.acknowledged == messages
+    assert ingest_of(resources).state.connected
+
+
+def announced_rows(resources: Resources) -> list[int]:
+    """Rows announced to the writer's listeners (realtime, alerts), per committed batch."""
+    heard: list[int] = []
+
+    def listener(batch: CommittedBatch) -> None:
+        heard.append(len(batch.rows))
+
+    resources.writer.listeners.append(listener)
+    return heard
+
+
+class TestBackendsTerminatedMidStream:
+    async def test_terminating_every_backend_again_and_again_loses_and_duplicates_nothing(
+        self, own_database: str, broker: support.Broker
+    ) -> None:
+        messages = 24_000
+        machine = await add_machine(own_database)
+        settings = mqtt_settings(own_database, broker)
+        topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
+        publisher = PacedPublisher(broker, topic, telemetry_lines(messages), per_second=3_000)
+        async with DatabaseFaults(own_database) as faults, running(settings) as resources:
+            await subscribed(resources)
+            announced = announced_rows(resources)
+            counters = ingest_of(resources).state.counters
+            publisher.start()
+            terminated = 0
+            cuts = 0
+            try:
+                # A cut every ~0.7 s while batches are being written (a single one stalled
+                # ingest in 2 runs of 4 before the fix).
+                while publisher.running and cuts < 10:
+                    await asyncio.sleep(0.7)
+                    if counters.batches == 0:
+                        continue
+                    terminated += await faults.terminate()
+                    cuts += 1
+                await publisher.wait()
+            finally:
+                await publisher.cancel()
+            assert cuts >= 6, "the stream ended before the faults were injected"
+            assert terminated >= cuts, "no backend was there to terminate"
+            await wait_until_all_acknowledged(resources, messages)
+            assert counters.write_retries >= 1, "no write was cut mid-way"
+            # Each committed reading was announced; a retried batch whose first commit got
+            # through is announced again, never more than once per commit.
+            assert sum(announced) >= 2 * messages
+        await assert_stored_once(own_database, machine, messages)
+
+
+class TestOutagesMidStream:
+    async def test_repeated_outages_with_connections_refused_lose_and_duplicate_nothing(
+        self, own_database: str, broker: support.Broker
+    ) -> None:
+        messages = 27_000
+        machine = await add_machine(own_database)
+        settings = mqtt_settings(own_database, broker)
+        topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
+        publisher = PacedPublisher(broker, topic, telemetry_lines(messages), per_second=1_500)
+        async with DatabaseFaults(own_database) as faults, running(settings) as resources:
+            await subscribed(resources)
+            counters = ingest_of(resources).state.counters
+            publisher.start()
+            try:
+                for _ in range(3):
+                    # Let some batches through, then cut the database off for ~6 s.
+                    flowing = counters.batches
+
+                    async def writing(since: int = flowing) -> bool:
+                        return counters.batches > since
+
+                    await eventually(writing, within=60)
+                    await asyncio.sleep(0.5)
+                    await faults.refuse()
+                    retries = counters.write_retries
+
+                    async def failing(since: int = retries) -> bool:
+                        return counters.write_retries > since
+
+                    await eventually(failing, within=30)
+                    await asyncio.sleep(5.5)
+                    await faults.terminate()  # anything that sneaked in before the ALTER
+                    await faults.allow()
+                await publisher.wait()
+            finally:
+                await publisher.cancel()
+            await wait_until_all_acknowledged(resources, messages)
+        await assert_stored_once(own_database, machine, messages)
+
+
+# The first dead letter written fails, as a deadlock would (40P01, retried): a failure in
+# what was the second of two transactions before (readings; then statuses and dead letters).
+FAIL_FIRST_DEAD_LETTER = """
+CREATE SEQUENCE dead_letter_attempts;
+CREATE FUNCTION fail_first_dead_letter() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF nextval('dead_letter_attempts') = 1 THEN
+        RAISE EXCEPTION 'injected by the test' USING ERRCODE = '40P01';
+    END IF;
+    RETURN NEW;
+END $$;
+CREATE TRIGGER fail_first_dead_letter BEFORE INSERT ON dead_letters
+    FOR EACH ROW EXECUTE FUNCTION fail_first_dead_letter();
+"""
+
+
+class TestOneTransactionPerBatch:
+    async def test_a_batch_retried_after_a_failed_dead_letter_is_announced_and_counted_once(
+        self, own_database: str, broker: support.Broker
+    ) -> None:
+        machine = await add_machine(own_database)
+        conn = await asyncpg.connect(dsn(own_database))
+        try:
+            await conn.execute(FAIL_FIRST_DEAD_LETTER)
+        finally:
+            await conn.close()
+        settings = mqtt_settings(own_database, broker)
+        topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
+        async with running(settings) as resources:
+            await subscribed(resources)
+            announced = announced_rows(resources)
+            counters = ingest_of(resources).state.counters
+            # One good reading, one rejected value: the message is also a dead letter.
+            publisher = PacedPublisher(
+                broker, topic, ['{"timestamp": 1767607200, "t": 1.5, "speed": "fast"}'],
+                per_second=1,
+            )  # fmt: skip
+            publisher.start()
+            await publisher.wait()
+            await wait_until_all_acknowledged(resources, 1)
+            assert counters.write_retries == 1
+            assert announced == [1]
+            assert (counters.readings_received, counters.readings_stored) == (1, 1)
+            assert counters.duplicates == 0
+            assert (counters.accepted, counters.rejected, counters.batches) == (0, 1, 1)
+        conn = await asyncpg.connect(dsn(own_database))
+        try:
+            assert await conn.fetchval("SELECT last_value FROM dead_letter_attempts") == 2
+            reasons = await conn.fetch("SELECT reason FROM dead_letters")
+            assert [r["reason"].split(":")[0] for r in reasons] == ["rejected_values"]
+            assert await conn.fetchval("SELECT count(*) FROM readings") == 1
+        finally:
+            await conn.close()
+
+    async def test_a_registration_rolled_back_with_its_batch_is_made_again_on_the_retry(
+        self, own_database: str, broker: support.Broker
+    ) -> None:
+        conn = await asyncpg.connect(dsn(own_database))
+        try:
+            await conn.execute(FAIL_FIRST_DEAD_LETTER)
+        finally:
+            await conn.close()
+        settings = mqtt_settings(own_database, broker, ingest={"auto_register_machines": True})
+        machine = uuid.uuid4()  # not registered: the batch registers it
+        topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
+        async with running(settings) as resources:
+            await subscribed(resources)
+            publisher = PacedPublisher(
+                broker, topic, ['{"timestamp": 1767607200, "t": 1.5, "speed": "fast"}'],
+                per_second=1,
+            )  # fmt: skip
+            publisher.start()
+            await publisher.wait()
+            await wait_until_all_acknowledged(resources, 1)
+            assert ingest_of(resources).state.counters.write_retries == 1
+        conn = await asyncpg.connect(dsn(own_database))
+        try:
+            assert await conn.fetchval("SELECT name FROM machines WHERE id = $1", machine)
+            metrics = await conn.fetch(
+                "SELECT name FROM machine_metrics WHERE machine_id = $1", machine
+            )
+            assert [r["name"] for r in metrics] == ["t"]
+            assert await conn.fetchval("SELECT count(*) FROM readings") == 1
+            reasons = await conn.fetch("SELECT reason FROM dead_letters")
+            assert [r["reason"].split(":")[0] for r in reasons] == ["rejected_values"]
+        finally:
+            await conn.close()
