@@ -18,6 +18,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient, Response
 from sqlalchemy.engine import make_url
+from websockets.exceptions import ConnectionClosed
 
 from plantpulse.app import create_app
 from plantpulse.auth import service as auth
@@ -31,6 +32,7 @@ from plantpulse.machines.dependencies import Sender, get_sender
 from plantpulse.state import Resources
 from tests import support
 from tests.conftest import PASSWORD, make_settings
+from tests.live import live_app, receive
 
 
 @dataclass
@@ -472,3 +474,21 @@ class TestPermanentErrors:
         assert body["error"] == "DatabaseLimitExceeded"
         assert "temp_file_limit" in body["detail"]
         assert "SQLSTATE 53400" in caplog.text
+
+
+class TestLiveStreams:
+    async def test_a_websocket_is_closed_with_try_again_while_the_database_is_cut(
+        self, world: World
+    ) -> None:
+        async with live_app(world.resources.settings) as live:
+            token = world.headers["Authorization"].removeprefix("Bearer ")
+            async with support.database_cut(world.url):
+                async with live.connect(token) as ws:
+                    with pytest.raises(ConnectionClosed):
+                        await receive(ws)
+                    assert (ws.close_code, ws.close_reason) == (
+                        1013,
+                        "the database is unavailable; retry later",
+                    )
+            async with live.connect(token) as ws:
+                assert (await receive(ws))["type"] == "welcome"
