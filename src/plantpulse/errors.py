@@ -156,39 +156,53 @@ _DESCRIPTIONS = {
 }
 
 
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer"},
+    }
+}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for routes, all with the one error envelope."""
-    return {
-        code: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
-        for code in codes
-    }
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        responses[code] = {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
+        if code == 503:
+            responses[code]["headers"] = _RETRY_AFTER
+    return responses
 
 
 def document_error_envelope(schema: dict[str, Any]) -> None:
     """Make the OpenAPI document say what the handlers below do: FastAPI's default 422 schema
-    (HTTPValidationError, never sent) becomes the envelope, and every route that reads a body
-    documents the 400 for a body that cannot be decoded (FastAPI answers it before validation)."""
+    (HTTPValidationError, never sent) becomes the envelope, every route that reads a body
+    documents the 400 for a body that cannot be decoded (FastAPI answers it before validation),
+    and every API route documents the 503 of a database outage (each one authenticates or
+    reads the database)."""
     components = schema.get("components", {}).get("schemas", {})
     if "ErrorResponse" not in components:
         return
     default_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
-    for item in schema.get("paths", {}).values():
+    envelope_schema = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    }
+    for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             responses = operation.setdefault("responses", {})
+            if path.startswith("/api/") and "503" not in responses:
+                responses["503"] = {
+                    "description": _DESCRIPTIONS[503],
+                    "headers": _RETRY_AFTER,
+                    "content": envelope_schema,
+                }
             for code, response in responses.items():
                 body = response.get("content", {}).get("application/json", {})
                 if body.get("schema") == default_422:
                     body["schema"] = {"$ref": "#/components/schemas/ErrorResponse"}
                     response["description"] = _DESCRIPTIONS.get(int(code), "Error")
             if "requestBody" in operation and "400" not in responses:
-                responses["400"] = {
-                    "description": _DESCRIPTIONS[400],
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
-                        }
-                    },
-                }
+                responses["400"] = {"description": _DESCRIPTIONS[400], "content": envelope_schema}
             operation["responses"] = dict(sorted(responses.items()))
     # In this order: FastAPI's ValidationError is referenced only by HTTPValidationError.
     for name in ("HTTPValidationError", "ValidationError"):
