@@ -170,7 +170,7 @@ class TestIngestTaskCrash:
             async with LifespanManager(app, startup_timeout=30, shutdown_timeout=30) as manager:
                 resources = manager._state["resources"]
                 await subscribed(resources)
-                tasks = {t.name: t for t in ingest_of(resources).supervisor.statuses()}
+                tasks = {t.name: t.status() for t in ingest_of(resources).tasks}
                 assert tasks["mqtt-connection"].restarts == 1
                 assert (
                     tasks["mqtt-connection"].last_error == "RuntimeError: injected connection crash"

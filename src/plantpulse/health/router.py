@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -36,6 +37,17 @@ class Component(BaseModel):
     info: dict[str, Any] | None = None
 
 
+class TaskReport(BaseModel):
+    """A long-running background task (plantpulse.supervisor)."""
+
+    # `error`: it crashed and is waiting to restart, or has not run for a minute since.
+    status: Literal["up", "error"]
+    state: Literal["running", "restarting", "stopped"]
+    restarts: int
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"]
     database: Component
@@ -43,6 +55,7 @@ class Readiness(BaseModel):
     redis: Component
     mqtt: Component
     revocation_store: Literal["redis", "memory"]
+    tasks: dict[str, TaskReport]
 
 
 @router.get("/")
@@ -90,18 +103,32 @@ def _mqtt(resources: AppResources) -> Component:
     return Component(status=state, detail=detail, info=info)
 
 
+def _tasks(resources: AppResources) -> dict[str, TaskReport]:
+    return {
+        task.name: TaskReport(
+            status="up" if task.healthy else "error",
+            state=task.state,
+            restarts=task.restarts,
+            last_error=task.last_error,
+            last_error_at=task.last_error_at,
+        )
+        for task in resources.supervisor.statuses()
+    }
+
+
 @router.get(
     "/ready",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The database is down"}},
 )
 async def ready(resources: AppResources) -> JSONResponse:
-    """Readiness of database, TimescaleDB, Redis and MQTT ingest; 503 when the database is down.
+    """Readiness of database, TimescaleDB, Redis, MQTT ingest and background tasks.
 
-    `degraded` when Redis or MQTT is not up: MQTT is `down` without a broker connection,
-    `degraded` when messages have waited and nothing was committed for
-    `PLANTPULSE_INGEST__STALL_SECONDS` (the reason is in `detail`), `error` when an ingest task
-    crashed (it is restarted with backoff; `info.tasks` has the exception)."""
+    503 when the database is down; `degraded` (200) when Redis is down, MQTT ingest is not
+    `up` or a background task crashed (it is restarted with backoff; `tasks` shows its last
+    error). MQTT is `down` without a broker connection, `degraded` when messages have waited
+    and nothing was committed for `PLANTPULSE_INGEST__STALL_SECONDS` (the reason is in
+    `detail`), `error` when one of its tasks crashed."""
     database, redis = await asyncio.gather(_database(resources), _redis(resources))
     if database.status == "up" and not resources.timescale.installed:
         # The database may have been down at start-up, or the extension added since.
@@ -115,9 +142,12 @@ async def ready(resources: AppResources) -> JSONResponse:
         info={"version": ts.version, "license": ts.license, "edition": ts.edition},
     )
     mqtt = _mqtt(resources)
+    tasks = _tasks(resources)
     if database.status == "down":
         overall: Literal["ready", "degraded", "unavailable"] = "unavailable"
-    elif {"down", "degraded", "error"} & {redis.status, mqtt.status}:
+    elif {"down", "degraded", "error"} & {redis.status, mqtt.status} or any(
+        t.status == "error" for t in tasks.values()
+    ):
         overall = "degraded"
     else:
         overall = "ready"
@@ -128,6 +158,7 @@ async def ready(resources: AppResources) -> JSONResponse:
         redis=redis,
         mqtt=mqtt,
         revocation_store="redis" if resources.revocations.kind == "redis" else "memory",
+        tasks=tasks,
     )
     return JSONResponse(
         body.model_dump(mode="json"), status_code=503 if overall == "unavailable" else 200

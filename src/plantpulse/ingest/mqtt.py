@@ -8,12 +8,13 @@ acknowledged), subscribes at QoS 1, reconnects with backoff, and reports status.
 The in-flight window (unacknowledged QoS 1 messages the broker sends us) is the MQTT 5 Receive
 Maximum we announce; the broker queues everything beyond it. Measurements: docs/ingest.md.
 
-The writer and the connection loop run under a `Supervisor`: a crash (a bug: database and
-broker failures are retried inside them) is logged with its traceback and the task restarted
-with backoff, and `/ready` reports it. Restart rather than exit: the queue and the delivery log
-survive in this process, the writer's unacknowledged batches go back to the queue (pipeline.py),
-and the API keeps serving; exiting would drop all that for the broker to redeliver, and a
-deterministic bug would only crash again after the restart.
+The writer and the connection loop run under the lifespan's `Supervisor`: a crash (a bug:
+database and broker failures are retried inside them) is logged with its traceback and the
+task restarted with backoff, and `/ready` reports it (in `mqtt` and in `tasks`). Restart
+rather than exit: the queue and the delivery log survive in this process, the writer's
+unacknowledged batches go back to the queue (pipeline.py), and the API keeps serving; exiting
+would drop all that for the broker to redeliver, and a deterministic bug would only crash
+again after the restart.
 """
 
 from __future__ import annotations
@@ -37,13 +38,11 @@ from plantpulse.ingest.paho_bridge import Link, check_compatible
 from plantpulse.ingest.pipeline import Pipeline
 from plantpulse.ingest.stats import IngestState, percentiles
 from plantpulse.state import Resources
-from plantpulse.supervisor import Supervised, Supervisor
+from plantpulse.supervisor import Supervised
 
 log = logging.getLogger(__name__)
 
 Status = Literal["up", "down", "degraded", "error"]
-# A restarted task counts as recovered (not `error` in /ready) after running this long.
-HEALTHY_AFTER_SECONDS = 30.0
 
 
 class MqttIngest:
@@ -57,9 +56,8 @@ class MqttIngest:
         self.pipeline = Pipeline(resources, self._registry)
         self._connect_attempt = 0
         self._next_attempt_at: float | None = None
-        self.supervisor = Supervisor(
-            initial_backoff=0.5, max_backoff=30.0, healthy_after=HEALTHY_AFTER_SECONDS
-        )
+        # The writer and the connection loop, once running.
+        self.tasks: list[Supervised] = []
         # Set when the connection loop has returned (stopping).
         self._disconnected = asyncio.Event()
 
@@ -199,12 +197,12 @@ class MqttIngest:
     # -- lifecycle --------------------------------------------------------------------------
 
     def status(self) -> tuple[Status, str | None, dict[str, Any]]:
-        """For /ready: (status, detail, info). `error`: a task crashed (restarting, or
-        restarted less than HEALTHY_AFTER_SECONDS ago); `down`: no broker connection;
-        `degraded`: messages waiting and nothing committed for `stall_seconds`."""
+        """For /ready: (status, detail, info). `error`: a task crashed (restarting, or not
+        yet running for the supervisor's `healthy_after` again); `down`: no broker
+        connection; `degraded`: messages waiting and nothing committed for `stall_seconds`."""
         mqtt = self._settings.mqtt
         state = self.pipeline.state
-        tasks = self.supervisor.statuses()
+        tasks = [task.status() for task in self.tasks]
         info: dict[str, Any] = {
             "broker": f"{mqtt.host}:{mqtt.port}",
             "client_id": mqtt.client_id,
@@ -281,8 +279,10 @@ class MqttIngest:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[MqttIngest]:
-        writer = self.supervisor.spawn("mqtt-writer", self._write)
-        connection = self.supervisor.spawn("mqtt-connection", self._connect)
+        supervisor = self._resources.supervisor
+        writer = supervisor.spawn("mqtt-writer", self._write)
+        connection = supervisor.spawn("mqtt-connection", self._connect)
+        self.tasks = [writer, connection]
         self._resources.extras["mqtt_status"] = self.status
         self._resources.extras["mqtt_ingest"] = self
         try:
