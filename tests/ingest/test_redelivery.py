@@ -158,18 +158,21 @@ class TestConnectionLost:
             assert ingest.state.counters.redelivered == 5
 
 
+Pipelines = Callable[..., Awaitable[Pipeline]]
+
+
 @pytest.fixture
-async def pipelines(
-    resources: Resources, pg_pool: asyncpg.Pool
-) -> AsyncIterator[Callable[[str], Awaitable[Pipeline]]]:
+async def pipelines(resources: Resources, pg_pool: asyncpg.Pool) -> AsyncIterator[Pipelines]:
     """Pipelines fed PUBLISH packets directly (no broker: nothing is acknowledged), writing to
-    the test database; `await pipelines(client_id)` starts one with that client's records."""
+    the test database; `await pipelines(client_id)` starts one with that client's records, as
+    a process starting with that client id would (`window`: the Receive Maximum)."""
     started: list[tuple[Pipeline, asyncio.Task[None]]] = []
     clients: set[str] = set()
 
-    async def start(client_id: str) -> Pipeline:
+    async def start(client_id: str, window: int = 10_000) -> Pipeline:
         pipeline = Pipeline(resources, json_registry(PREFIX))
-        pipeline.deliveries = DeliveryLog(client_id, keep_seconds=0)
+        pipeline.generation = 1  # connected
+        pipeline.deliveries = DeliveryLog(client_id, keep_seconds=0, window=window)
         await pipeline.deliveries.load(resources.pg)
         started.append((pipeline, asyncio.create_task(pipeline.write_loop())))
         clients.add(client_id)
@@ -185,11 +188,18 @@ async def pipelines(
 PREFIX = "pptest/deliveries"
 
 
+def _receive(
+    pipeline: Pipeline, packet_id: int, topic: str, payload: str, *, dup: bool = False
+) -> None:
+    """One QoS 1 PUBLISH as the broker would send it."""
+    pipeline.on_publish(Publish(packet_id, 1, dup, f"{PREFIX}/{topic}".encode(), payload.encode()))
+
+
 async def _deliver(
     pipeline: Pipeline, packet_id: int, topic: str, payload: str, *, dup: bool = False
 ) -> None:
     """One QoS 1 PUBLISH as the broker would send it; returns once it is committed."""
-    pipeline.on_publish(Publish(packet_id, 1, dup, f"{PREFIX}/{topic}".encode(), payload.encode()))
+    _receive(pipeline, packet_id, topic, payload, dup=dup)
 
     async def committed() -> bool:
         return pipeline.waiting == 0
@@ -222,7 +232,7 @@ class TestDeliveryLog:
 
     async def test_a_dup_copy_of_a_committed_message_is_acknowledged_not_stored(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
@@ -238,7 +248,7 @@ class TestDeliveryLog:
 
     async def test_the_record_survives_a_restart_of_the_process(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
@@ -255,7 +265,7 @@ class TestDeliveryLog:
 
     async def test_another_message_under_a_recorded_packet_id_is_stored(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
@@ -279,7 +289,7 @@ class TestDeliveryLog:
 
     async def test_messages_with_device_timestamps_are_not_recorded_and_retire_stale_records(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
@@ -300,15 +310,16 @@ class TestDeliveryLog:
 
     async def test_status_changes_and_dead_letters_are_recorded_once(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
         machine = await committed_machine()
         client = _client()
         topic = f"machines/{machine}/telemetry"
-        await _deliver(await pipelines(client), 1, topic, "not json")
-        await _deliver(await pipelines(client), 2, f"machines/{machine}/status", "online")
+        first = await pipelines(client)
+        await _deliver(first, 1, topic, "not json")
+        await _deliver(first, 2, f"machines/{machine}/status", "online")
         restarted = await pipelines(client)
         await _deliver(restarted, 1, topic, "not json", dup=True)
         await _deliver(restarted, 2, f"machines/{machine}/status", "online", dup=True)
@@ -321,7 +332,7 @@ class TestDeliveryLog:
 
     async def test_each_client_id_has_its_own_records(
         self,
-        pipelines: Callable[[str], Awaitable[Pipeline]],
+        pipelines: Pipelines,
         pg_pool: asyncpg.Pool,
         committed_machine: MachineFactory,
     ) -> None:
@@ -338,7 +349,7 @@ class TestDeliveryLog:
         assert list(await _records(pg_pool, second)) == [7]
 
     async def test_records_older_than_the_session_lifetime_are_pruned_at_start(
-        self, pipelines: Callable[[str], Awaitable[Pipeline]], pg_pool: asyncpg.Pool
+        self, pipelines: Pipelines, pg_pool: asyncpg.Pool
     ) -> None:
         client = _client()
         await pg_pool.execute(
@@ -349,3 +360,68 @@ class TestDeliveryLog:
         pipeline = await pipelines(client)
         assert len(pipeline.deliveries) == 1
         assert list(await _records(pg_pool, client)) == [2]
+
+
+class TestRecordRetirement:
+    """A record goes as soon as the protocol proves the broker has our PUBACK, so a later
+    message with the same content under the same id is never taken for a copy."""
+
+    async def test_a_record_is_retired_once_the_receive_maximum_proves_the_puback(
+        self, pipelines: Pipelines, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        pipeline = await pipelines(client, window=3)
+        await _deliver(pipeline, 1, topic, '{"speed": 1}')
+        for packet_id in (2, 3, 4):
+            await _deliver(pipeline, packet_id, topic, f'{{"timestamp": {packet_id}, "t": 0}}')
+        # Three more deliveries could all be unacknowledged at once; a fourth could not.
+        assert list(await _records(pg_pool, client)) == [1]
+        await _deliver(pipeline, 5, topic, '{"timestamp": 5, "t": 0}')
+        assert await _records(pg_pool, client) == {}
+        assert len(pipeline.deliveries) == 0
+
+    async def test_the_same_content_under_a_reused_id_survives_a_crash(
+        self, pipelines: Pipelines, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        """A device sending the same reading without a timestamp, over and over: the broker
+        reuses id 1 for an identical message, and the process dies before committing it."""
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        first = await pipelines(client, window=3)
+        for packet_id in range(1, 6):
+            await _deliver(first, packet_id, topic, '{"speed": 1}')
+        release = asyncio.Event()
+
+        async def dying(batch: list[Pending]) -> None:
+            await release.wait()
+
+        first.before_write = dying
+        try:
+            _receive(first, 1, topic, '{"speed": 1}')  # never committed: the process "dies"
+            restarted = await pipelines(client, window=3)
+            await _deliver(restarted, 1, topic, '{"speed": 1}', dup=True)
+            assert await _speeds(pg_pool, machine) == [1] * 6
+            assert restarted.state.counters.redelivered == 0
+        finally:
+            release.set()
+
+    async def test_records_not_resent_before_the_first_new_message_are_retired(
+        self, pipelines: Pipelines, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        machine = await committed_machine()
+        client = _client()
+        topic = f"machines/{machine}/telemetry"
+        first = await pipelines(client)
+        await _deliver(first, 1, topic, '{"speed": 1}')
+        await _deliver(first, 2, topic, '{"speed": 2}')
+        restarted = await pipelines(client)
+        # The broker resends what it has unacknowledged first: only id 1 (our PUBACK for 2
+        # arrived). At the first new message, the record of 2 is known to be stale.
+        await _deliver(restarted, 1, topic, '{"speed": 1}', dup=True)
+        assert sorted(await _records(pg_pool, client)) == [1, 2]
+        await _deliver(restarted, 3, topic, '{"speed": 3}')
+        assert sorted(await _records(pg_pool, client)) == [1, 3]
+        assert await _speeds(pg_pool, machine) == [1, 2, 3]

@@ -76,6 +76,8 @@ class Pending:
     record: bytes | None = None
     # Delete the (stale) record of this packet id when the batch commits.
     forget: bool = False
+    # Records this delivery proved acknowledged by the broker: deleted when the batch commits.
+    retired: list[redelivery.Entry] | None = None
     # A DUP copy of a message already committed or queued: nothing to store, only the ack.
     copy: bool = False
 
@@ -111,7 +113,9 @@ class Pipeline:
         self.link: Link | None = None
         mqtt = self._settings.mqtt
         self.deliveries = redelivery.DeliveryLog(
-            mqtt.client_id, keep_seconds=mqtt.session_expiry_seconds
+            mqtt.client_id,
+            keep_seconds=mqtt.session_expiry_seconds,
+            window=mqtt.receive_maximum if mqtt.protocol == "5" else redelivery.PACKET_IDS,
         )
         # Receive times (readings without a device timestamp) strictly increase, in µs: two
         # readings of one machine and metric must never get the same time (the unique key
@@ -180,12 +184,17 @@ class Pipeline:
         status: StatusChange | None = None
         dead: str | None = None
         content: bytes | None = None
-        if message.dup and message.qos:
-            content = redelivery.digest(message.raw_topic, payload)
-            if self.deliveries.is_copy(message.mid, content):
-                counters.redelivered += 1
-                self._enqueue(self._copy_of(message, arrived))
-                return
+        retired: list[redelivery.Entry] | None = None
+        if message.qos:
+            retired = self.deliveries.arrived(message.mid, message.dup, self.generation)
+            if message.dup:
+                content = redelivery.digest(message.raw_topic, payload)
+                if self.deliveries.is_copy(message.mid, content):
+                    counters.redelivered += 1
+                    copy = self._copy_of(message, arrived)
+                    copy.retired = retired
+                    self._enqueue(copy)
+                    return
         now: datetime | None = None
         try:
             topic = message.topic
@@ -215,6 +224,7 @@ class Pipeline:
             message.mid, message.qos, self.generation, topic, payload, arrived, rows, status, dead
         )
         if message.qos:
+            item.retired = retired
             self._track(item, message.raw_topic, content, now)
         self._enqueue(item)
 
@@ -388,15 +398,17 @@ class Pipeline:
         finally:
             slots.release()
 
-    def delivery_changes(self, batch: list[Pending]) -> dict[int, bytes | None]:
-        """The delivery-log changes to commit with `batch` (packet id -> digest, None to
-        delete), in arrival order: a later message under the same id wins."""
-        changes: dict[int, bytes | None] = {}
+    def delivery_changes(self, batch: list[Pending]) -> redelivery.Changes:
+        """The delivery-log changes to commit with `batch`, in arrival order."""
+        changes = redelivery.Changes()
         for item in batch:
+            if item.retired:
+                for entry in item.retired:
+                    changes.retire(entry)
             if item.record is not None:
-                changes[item.mid] = item.record
+                changes.record(item.mid, item.record)
             elif item.forget:
-                changes[item.mid] = None
+                changes.delete(item.mid)
         return changes
 
     async def _commit(self, batch: list[Pending]) -> None:

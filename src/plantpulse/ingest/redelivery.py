@@ -12,36 +12,51 @@ and payload)` for every message whose effect the unique key does not make idempo
 stamped with the receive time, status changes and dead letters. A DUP delivery whose packet id
 is recorded *with the same digest* is not stored again, only acknowledged. Messages whose
 readings all carry device timestamps are not recorded at all (the unique key already drops
-their copies), so the common case costs nothing but a check per message.
+their copies), so the common case costs a few operations per message and no SQL.
 
-Packet ids name a message only until the broker has our PUBACK; then it may reuse the id for
-another message. Hence:
+Packet ids name a message only until the broker has our PUBACK; then it may reuse the id. A
+record that outlives that is *stale*, and a stale record with the same digest as a later
+message under the same id would make us drop that message's redelivery: a loss (think of a
+device that sends `{"running": 1}` without a timestamp, over and over). So records are retired
+as soon as the protocol proves the broker has our PUBACK:
 
-- an entry only matches a copy with the same digest (a different message under a reused id is
-  stored);
-- any delivery under an id whose entry has another digest proves the entry stale (the broker
-  never has two unacknowledged messages under one id): a recorded message replaces the entry,
-  any other deletes it, in its batch's transaction;
-- entries older than the session lifetime are pruned at start-up (the broker has forgotten the
-  session, so nothing can be redelivered); per client there are at most 65,535 entries.
+- Receive Maximum (MQTT 5, section 3.3.4): the broker never has more than R QoS 1 messages
+  out to us unacknowledged, and we acknowledge a connection's messages in order (pipeline.py),
+  so the broker's unacknowledged ones are always the latest it sent. Once we receive the
+  message R+1 places after ours on the same connection, ours was acknowledged. (MQTT 3.1.1 has
+  no Receive Maximum; there the bound is the 65,535 packet ids.)
+- Resend first: on a resumed session the broker resends every unacknowledged message before
+  new ones (MQTT 5 section 4.4; Mosquitto sends its in-flight list first). Records from before
+  this connection that were not resent by its first non-DUP message were acknowledged. (A
+  broker that interleaved would only make us store a late copy again: a duplicate, never a
+  loss.)
+- Reuse: any delivery under a recorded id with another digest proves that record stale (the
+  broker never has two unacknowledged messages under one id): replaced or deleted.
+- Age: records older than the session lifetime (at least 7 days) are pruned at start-up.
 
-What this cannot tell apart, and what that costs, is in docs/ingest.md ("Redeliveries").
-Entries are per client id, so processes sharing a subscription (each with its own client id)
-never see each other's entries.
+A retirement is written with the batch of the message that proves it, and only deletes the
+record it retired (id and digest). Per client the table therefore holds about R records, and
+the memory mirror as many. What is left — a broker reusing an id within R messages, with
+identical content, and a crash in that window — is in docs/ingest.md ("Redeliveries").
+Records are per client id, so processes sharing a subscription (each with its own client id)
+never see each other's.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections import deque
+from dataclasses import dataclass, field
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 DIGEST_BYTES = 16
-# Entries are kept at least this long, whatever the session expiry says: with MQTT 3.1.1 the
+# Records are kept at least this long, whatever the session expiry says: with MQTT 3.1.1 the
 # broker decides (Mosquitto's persistent_client_expiration, 7 days in scripts/mosquitto.conf).
 MIN_KEEP_SECONDS = 7 * 24 * 3600
+# MQTT packet ids are 16-bit and never 0: no more messages than this can be unacknowledged.
+PACKET_IDS = 65_535
 
 _PRUNE = "DELETE FROM mqtt_deliveries WHERE committed_at < now() - make_interval(secs => $1)"
 _LOAD = "SELECT packet_id, digest FROM mqtt_deliveries WHERE client_id = $1"
@@ -51,6 +66,10 @@ SELECT $1, d.packet_id, d.digest FROM unnest($2::int[], $3::bytea[]) AS d(packet
 ON CONFLICT (client_id, packet_id) DO UPDATE SET digest = excluded.digest, committed_at = now()
 """
 _DELETE = "DELETE FROM mqtt_deliveries WHERE client_id = $1 AND packet_id = ANY($2::int[])"
+_RETIRE = """
+DELETE FROM mqtt_deliveries t USING unnest($2::int[], $3::bytea[]) AS d(packet_id, digest)
+WHERE t.client_id = $1 AND t.packet_id = d.packet_id AND t.digest = d.digest
+"""
 
 
 def digest(topic: bytes, payload: bytes) -> bytes:
@@ -58,55 +77,146 @@ def digest(topic: bytes, payload: bytes) -> bytes:
     return hashlib.blake2b(topic + b"\0" + payload, digest_size=DIGEST_BYTES).digest()
 
 
-class DeliveryLog:
-    """The recorded packet ids of one client id: in the database, and mirrored in memory
-    (loaded once per process, then kept by this process, the only writer for its client id)
-    so that the check runs in the message callback without a database round trip."""
+class Entry:
+    """A record: the message received under `packet_id` at `position` (its QoS 1 count) on
+    connection `generation` (-1: loaded from the table)."""
 
-    def __init__(self, client_id: str, *, keep_seconds: float) -> None:
+    __slots__ = ("digest", "generation", "packet_id", "position")
+
+    def __init__(self, packet_id: int, content: bytes, generation: int, position: int) -> None:
+        self.packet_id = packet_id
+        self.digest = content
+        self.generation = generation
+        self.position = position
+
+
+@dataclass(slots=True)
+class Changes:
+    """What a batch's transaction does to the table, the last word per packet id."""
+
+    upserts: dict[int, bytes] = field(default_factory=dict)
+    deletes: set[int] = field(default_factory=set)
+    # Delete only if the record is still this one (a later message may have replaced it).
+    retires: dict[int, bytes] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes or self.retires)
+
+    def record(self, packet_id: int, content: bytes) -> None:
+        self.deletes.discard(packet_id)
+        self.retires.pop(packet_id, None)
+        self.upserts[packet_id] = content
+
+    def delete(self, packet_id: int) -> None:
+        self.upserts.pop(packet_id, None)
+        self.retires.pop(packet_id, None)
+        self.deletes.add(packet_id)
+
+    def retire(self, entry: Entry) -> None:
+        if self.upserts.get(entry.packet_id) == entry.digest:
+            # Recorded earlier in this very batch: not written yet, so nothing to compare.
+            self.delete(entry.packet_id)
+        elif entry.packet_id not in self.upserts:
+            self.deletes.discard(entry.packet_id)
+            self.retires[entry.packet_id] = entry.digest
+
+
+class DeliveryLog:
+    """The records of one client id: in the database, and mirrored in memory (loaded once per
+    process before the first connection, then kept by this process, the only writer for its
+    client id), so the check runs in the message callback without a database round trip."""
+
+    def __init__(self, client_id: str, *, keep_seconds: float, window: int) -> None:
         self.client_id = client_id
         self.keep_seconds = max(keep_seconds, MIN_KEEP_SECONDS)
-        # packet id -> digest, for messages committed or on their way to being committed.
-        self._digests: dict[int, bytes] = {}
+        # At most this many QoS 1 messages unacknowledged at the broker (Receive Maximum).
+        self.window = window
+        self._entries: dict[int, Entry] = {}
+        # Records by age, for retirement; may hold entries replaced since (skipped).
+        self._unconfirmed: deque[Entry] = deque()
+        self._generation = -1
+        self._position = 0
+        self._resending = False
         self.loaded = False
 
     def __len__(self) -> int:
-        return len(self._digests)
+        return len(self._entries)
 
     async def load(self, pool: asyncpg.Pool) -> None:
-        """Prune entries nothing can redeliver any more, then read this client's."""
+        """Prune records nothing can redeliver any more, then read this client's."""
         async with pool.acquire() as conn:
             await conn.execute(_PRUNE, float(self.keep_seconds))
             rows = await conn.fetch(_LOAD, self.client_id)
-        # Received meanwhile (nothing is, before the first connection) wins over the table.
-        self._digests = {row["packet_id"]: bytes(row["digest"]) for row in rows} | self._digests
+        for row in rows:
+            if row["packet_id"] not in self._entries:
+                entry = Entry(row["packet_id"], bytes(row["digest"]), -1, 0)
+                self._entries[entry.packet_id] = entry
+                self._unconfirmed.append(entry)
         self.loaded = True
 
+    def arrived(self, packet_id: int, dup: bool, generation: int) -> list[Entry] | None:
+        """A QoS 1 delivery on connection `generation`: returns the records it proves
+        acknowledged (to delete with its batch), if any. Call before anything else below."""
+        if generation != self._generation:
+            self._generation = generation
+            self._position = 0
+            self._resending = True
+        self._position += 1
+        pending = self._unconfirmed
+        if not pending:
+            self._resending = self._resending and dup
+            return None
+        retired: list[Entry] = []
+        if self._resending and not dup:
+            self._resending = False
+            while pending and pending[0].generation != generation:
+                self._retire(pending.popleft(), retired)
+        oldest = self._position - self.window
+        while pending and pending[0].generation == generation and pending[0].position < oldest:
+            self._retire(pending.popleft(), retired)
+        return retired or None
+
+    def _retire(self, entry: Entry, retired: list[Entry]) -> None:
+        if self._entries.get(entry.packet_id) is entry:
+            del self._entries[entry.packet_id]
+            retired.append(entry)
+
     def is_copy(self, packet_id: int, content: bytes) -> bool:
-        """Whether a DUP delivery is a copy of a message this client already has."""
-        return self._digests.get(packet_id) == content
+        """Whether a DUP delivery is a copy of a message this client already has. A copy is
+        acknowledged on this connection, so its record starts over from here."""
+        entry = self._entries.get(packet_id)
+        if entry is None or entry.digest != content:
+            return False
+        self._add(packet_id, entry.digest)
+        return True
 
     def note(self, packet_id: int, content: bytes) -> None:
-        """A message to be recorded was received (it is committed with its batch, or the
-        process ends and the broker delivers it again, to a table without it)."""
-        self._digests[packet_id] = content
+        """A message to record was received (the record is written with its batch; if the
+        process ends first, the broker delivers it again to a table without it)."""
+        self._add(packet_id, content)
 
     def forget(self, packet_id: int) -> bool:
-        """A message not to be recorded was received: an entry under its id, if any, is stale.
-        True if there was one (its batch must delete it)."""
-        return self._digests.pop(packet_id, None) is not None
+        """A message not to record was received: a record under its id, if any, is stale.
+        True if there was one (its batch deletes it)."""
+        return self._entries.pop(packet_id, None) is not None
+
+    def _add(self, packet_id: int, content: bytes) -> None:
+        entry = Entry(packet_id, content, self._generation, self._position)
+        self._entries[packet_id] = entry
+        self._unconfirmed.append(entry)
 
 
 async def persist(
-    conn: asyncpg.Connection | PoolConnectionProxy,
-    client_id: str,
-    changes: Mapping[int, bytes | None],
+    conn: asyncpg.Connection | PoolConnectionProxy, client_id: str, changes: Changes
 ) -> None:
-    """Write a batch's entries (packet id -> digest) and deletions (-> None), inside the
-    batch's transaction."""
-    recorded = [(packet_id, content) for packet_id, content in changes.items() if content]
-    if recorded:
-        await conn.execute(_UPSERT, client_id, [r[0] for r in recorded], [r[1] for r in recorded])
-    stale = [packet_id for packet_id, content in changes.items() if content is None]
-    if stale:
-        await conn.execute(_DELETE, client_id, stale)
+    """Write a batch's changes, inside the batch's transaction."""
+    if changes.retires:
+        await conn.execute(
+            _RETIRE, client_id, list(changes.retires), list(changes.retires.values())
+        )
+    if changes.deletes:
+        await conn.execute(_DELETE, client_id, list(changes.deletes))
+    if changes.upserts:
+        await conn.execute(
+            _UPSERT, client_id, list(changes.upserts), list(changes.upserts.values())
+        )
