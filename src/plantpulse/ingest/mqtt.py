@@ -171,6 +171,23 @@ class MqttIngest:
                     await self.pipeline.stopping.wait()
             self._next_attempt_at = None
 
+    async def _confirm_acknowledgements(self, connection: Link) -> None:
+        """After PUBACKs for recorded messages went out: a round trip proves the broker
+        processed them, and their records are retired (redelivery.py)."""
+        pipeline = self.pipeline
+        generation = pipeline.generation
+        while True:
+            await pipeline.acked.wait()
+            pipeline.acked.clear()
+            entries = pipeline.deliveries.take_acknowledged()
+            # Only what went out on this connection: an earlier one's PUBACKs may be lost.
+            entries = [entry for entry in entries if entry.generation == generation]
+            if not entries:
+                continue
+            await connection.round_trip()
+            pipeline.deliveries.confirmed(entries)
+            await pipeline.write_retirements()
+
     def _connected(self, connection: Link) -> None:
         mqtt = self._settings.mqtt
         self.pipeline.state.connected = True
@@ -181,12 +198,16 @@ class MqttIngest:
     async def _until_stopped_or_lost(self, connection: Link) -> None:
         lost = asyncio.ensure_future(connection.until_disconnected())
         stop = asyncio.ensure_future(self.pipeline.stopping.wait())
+        confirm = asyncio.ensure_future(self._confirm_acknowledgements(connection))
         try:
-            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({lost, stop, confirm}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             stop.cancel()
+            confirm.cancel()
             if not lost.done():
                 lost.cancel()
+        if confirm.done() and not confirm.cancelled() and (error := confirm.exception()):
+            raise error
         if lost.done() and not lost.cancelled() and lost.exception() is not None:
             raise aiomqtt.MqttError(f"connection lost: {lost.exception()}")
         # Stopping: the writer flushes and acknowledges before we disconnect.

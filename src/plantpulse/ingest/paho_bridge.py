@@ -12,7 +12,11 @@ underneath it, on its paho client, because aiomqtt has no API for them:
   reader callback that drains every buffered packet, and that stops reading while the
   pipeline's queue is full (backpressure: TCP and the broker hold the rest, nothing is dropped);
 - our own handler for the PUBLISH packets we get (QoS 0/1 without MQTT 5 properties), which
-  skips paho's per-message `Properties` and `MQTTMessage` objects; the rest goes to paho's.
+  skips paho's per-message `Properties` and `MQTTMessage` objects; the rest goes to paho's;
+- a PINGREQ/PINGRESP round trip on demand (`round_trip()`): the broker handles a connection's
+  packets in order, so its answer proves it has processed every PUBACK we sent before
+  (redelivery.py retires its records with it). paho's own keepalive pings are counted too, so
+  an answer is matched to the right request.
 
 `check_compatible()` runs at start-up and names what is missing if another version is installed.
 """
@@ -37,7 +41,14 @@ SOCKET_READ_BYTES = 65536
 READ_SLICE_PACKETS = 64
 
 # The private attributes we read or replace: (object, attribute).
-_PAHO_CLIENT_ATTRIBUTES = ("_handle_publish", "_sock", "_in_packet", "_protocol")
+_PAHO_CLIENT_ATTRIBUTES = (
+    "_handle_publish",
+    "_handle_pingresp",
+    "_send_pingreq",
+    "_sock",
+    "_in_packet",
+    "_protocol",
+)
 _AIOMQTT_CLIENT_ATTRIBUTES = ("_client", "_disconnected")
 
 
@@ -141,6 +152,15 @@ class Link:
         self.paho._handle_publish = self._handle_publish  # type: ignore[method-assign]
         self._aiomqtt_socket_open = self.paho.on_socket_open
         self.paho.on_socket_open = self._on_socket_open
+        # PINGREQs sent (ours and paho's keepalive) and PINGRESPs received on this connection;
+        # the broker answers them in order.
+        self._pings_sent = 0
+        self._pings_answered = 0
+        self._ping_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._paho_send_pingreq: Callable[[], MQTTErrorCode] = self.paho._send_pingreq
+        self.paho._send_pingreq = self._send_pingreq  # type: ignore[method-assign]
+        self._paho_handle_pingresp: Callable[[], MQTTErrorCode] = self.paho._handle_pingresp
+        self.paho._handle_pingresp = self._handle_pingresp  # type: ignore[method-assign]
 
     def _on_paho_message(self, client: Any, userdata: Any, message: Any) -> None:
         self._sink.on_publish(from_paho(message))
@@ -193,6 +213,37 @@ class Link:
 
     def ack(self, mid: int, qos: int) -> None:
         self.paho.ack(mid, qos)
+
+    async def round_trip(self) -> None:
+        """Return once the broker has answered a PINGREQ sent now, i.e. has processed every
+        packet we sent before it (in particular our PUBACKs). Raises MqttError if the ping
+        cannot be sent; never returns if the connection is lost (cancel it with the
+        connection)."""
+        if self._send_pingreq() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttError("could not send PINGREQ")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._ping_waiters.append((self._pings_sent, future))
+        await future
+
+    def _send_pingreq(self) -> MQTTErrorCode:
+        rc = self._paho_send_pingreq()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._pings_sent += 1
+        return rc
+
+    def _handle_pingresp(self) -> MQTTErrorCode:
+        rc = self._paho_handle_pingresp()
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._pings_answered += 1
+            waiting = []
+            for target, future in self._ping_waiters:
+                if target <= self._pings_answered:
+                    if not future.done():
+                        future.set_result(None)
+                else:
+                    waiting.append((target, future))
+            self._ping_waiters = waiting
+        return rc
 
     def _handle_publish(self) -> MQTTErrorCode:
         """paho's PUBLISH handling for the packets we get (QoS 0/1, no MQTT 5 properties),

@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from plantpulse.db_errors import is_transient
+from plantpulse.db_errors import is_database_error, is_transient
 from plantpulse.ingest import dead_letters, redelivery
 from plantpulse.ingest.decoders import (
     DecodeError,
@@ -76,7 +76,9 @@ class Pending:
     record: bytes | None = None
     # Delete the (stale) record of this packet id when the batch commits.
     forget: bool = False
-    # Records this delivery proved acknowledged by the broker: deleted when the batch commits.
+    # The record to report acknowledged with this message's PUBACK (its own, or a copy's).
+    entry: redelivery.Entry | None = None
+    # Records known stale, deleted when the batch commits (set on a batch's first message).
     retired: list[redelivery.Entry] | None = None
     # A DUP copy of a message already committed or queued: nothing to store, only the ack.
     copy: bool = False
@@ -113,10 +115,11 @@ class Pipeline:
         self.link: Link | None = None
         mqtt = self._settings.mqtt
         self.deliveries = redelivery.DeliveryLog(
-            mqtt.client_id,
-            keep_seconds=mqtt.session_expiry_seconds,
-            window=mqtt.receive_maximum if mqtt.protocol == "5" else redelivery.PACKET_IDS,
+            mqtt.client_id, keep_seconds=mqtt.session_expiry_seconds
         )
+        # Set when PUBACKs went out for recorded messages: the connection loop confirms them
+        # with a round trip (redelivery.py).
+        self.acked = asyncio.Event()
         # Receive times (readings without a device timestamp) strictly increase, in µs: two
         # readings of one machine and metric must never get the same time (the unique key
         # would take the second for a copy).
@@ -184,15 +187,14 @@ class Pipeline:
         status: StatusChange | None = None
         dead: str | None = None
         content: bytes | None = None
-        retired: list[redelivery.Entry] | None = None
         if message.qos:
-            retired = self.deliveries.arrived(message.mid, message.dup, self.generation)
+            self.deliveries.arrived(message.dup, self.generation)
             if message.dup:
                 content = redelivery.digest(message.raw_topic, payload)
-                if self.deliveries.is_copy(message.mid, content):
+                if (entry := self.deliveries.is_copy(message.mid, content)) is not None:
                     counters.redelivered += 1
                     copy = self._copy_of(message, arrived)
-                    copy.retired = retired
+                    copy.entry = entry
                     self._enqueue(copy)
                     return
         now: datetime | None = None
@@ -224,7 +226,6 @@ class Pipeline:
             message.mid, message.qos, self.generation, topic, payload, arrived, rows, status, dead
         )
         if message.qos:
-            item.retired = retired
             self._track(item, message.raw_topic, content, now)
         self._enqueue(item)
 
@@ -249,7 +250,7 @@ class Pipeline:
         very object, which is what `is` checks."""
         if item.dead is not None or item.status is not None or any(r[0] is now for r in item.rows):
             item.record = content or redelivery.digest(raw_topic, item.payload)
-            self.deliveries.note(item.mid, item.record)
+            item.entry = self.deliveries.note(item.mid, item.record)
         elif self.deliveries.forget(item.mid):
             item.forget = True
 
@@ -335,6 +336,8 @@ class Pipeline:
                     raise self._failure
                 if batch is None:
                     break
+                if retired := self.deliveries.take_retired():
+                    batch[0].retired = retired  # kept with the batch through its retries
                 self._batches_taken += 1
                 self._in_flight[self._batches_taken] = batch
                 previous = asyncio.create_task(
@@ -399,12 +402,14 @@ class Pipeline:
             slots.release()
 
     def delivery_changes(self, batch: list[Pending]) -> redelivery.Changes:
-        """The delivery-log changes to commit with `batch`, in arrival order."""
+        """The delivery-log changes to commit with `batch`, in arrival order (retirements
+        known when the batch was taken come first: they predate its messages)."""
         changes = redelivery.Changes()
         for item in batch:
             if item.retired:
                 for entry in item.retired:
                     changes.retire(entry)
+        for item in batch:
             if item.record is not None:
                 changes.record(item.mid, item.record)
             elif item.forget:
@@ -485,13 +490,36 @@ class Pipeline:
             return
         generation = self.generation
         acked = 0
+        recorded: list[redelivery.Entry] = []
         for item in batch:
             # Messages of an earlier connection are redelivered by the broker: their mids
             # may already name other messages, so they are never acknowledged here.
             if item.qos and item.generation == generation:
                 connection.ack(item.mid, item.qos)
                 acked += 1
+                if item.entry is not None:
+                    recorded.append(item.entry)
         self.state.counters.acknowledged += acked
+        if recorded:
+            self.deliveries.acknowledged(recorded)
+            self.acked.set()
+
+    async def write_retirements(self) -> None:
+        """Delete the records known stale now, not with the next batch: the broker may reuse
+        their ids at once (redelivery.py). On a database error the next batch takes them."""
+        retired = self.deliveries.take_retired()
+        if not retired:
+            return
+        changes = redelivery.Changes()
+        for entry in retired:
+            changes.retire(entry)
+        try:
+            async with self._resources.pg.acquire() as conn, conn.transaction():
+                await redelivery.persist(conn, self.deliveries.client_id, changes)
+        except Exception as exc:
+            if not is_database_error(exc):
+                raise
+            self.deliveries.give_back(retired)
 
 
 def _rejections(parsed: Parsed) -> str:

@@ -18,34 +18,32 @@ Packet ids name a message only until the broker has our PUBACK; then it may reus
 record that outlives that is *stale*, and a stale record with the same digest as a later
 message under the same id would make us drop that message's redelivery: a loss (think of a
 device that sends `{"running": 1}` without a timestamp, over and over). So records are retired
-as soon as the protocol proves the broker has our PUBACK:
+as soon as we know the broker has our PUBACK:
 
-- Receive Maximum (MQTT 5, section 3.3.4): the broker never has more than R QoS 1 messages
-  out to us unacknowledged, and we acknowledge a connection's messages in order (pipeline.py),
-  so the broker's unacknowledged ones are always the latest it sent. Once we receive the
-  message R+1 places after ours on the same connection, ours was acknowledged. (MQTT 3.1.1 has
-  no Receive Maximum; there the bound is the 65,535 packet ids.)
+- Round trip: after each burst of PUBACKs the connection loop sends a PINGREQ; the broker
+  handles a connection's packets in order, so its PINGRESP proves every PUBACK before it
+  processed (paho_bridge.Link.round_trip). The records of those messages are then deleted.
+  (The Receive Maximum cannot serve as proof: Mosquitto 2.0.11 sends a whole new window of
+  messages after each PUBACK, docs/ingest.md.)
 - Resend first: on a resumed session the broker resends every unacknowledged message before
-  new ones (MQTT 5 section 4.4; Mosquitto sends its in-flight list first). Records from before
-  this connection that were not resent by its first non-DUP message were acknowledged. (A
-  broker that interleaved would only make us store a late copy again: a duplicate, never a
-  loss.)
+  new ones (MQTT 5 section 4.4; Mosquitto sends its in-flight list first, which we checked).
+  Records from before this connection that were not resent by its first non-DUP delivery
+  were acknowledged. (A broker that interleaved would only make us store a late copy again:
+  a duplicate, never a loss.)
 - Reuse: any delivery under a recorded id with another digest proves that record stale (the
   broker never has two unacknowledged messages under one id): replaced or deleted.
 - Age: records older than the session lifetime (at least 7 days) are pruned at start-up.
 
-A retirement is written with the batch of the message that proves it, and only deletes the
-record it retired (id and digest). Per client the table therefore holds about R records, and
-the memory mirror as many. What is left — a broker reusing an id within R messages, with
-identical content, and a crash in that window — is in docs/ingest.md ("Redeliveries").
-Records are per client id, so processes sharing a subscription (each with its own client id)
-never see each other's.
+A retirement deletes only the record it retired (id and digest). Per client the table holds
+the records of the last batches or so. What is left — a broker reusing an id right after our
+PUBACK, with identical content, and a crash before the retirement is committed — is in
+docs/ingest.md ("Redeliveries"). Records are per client id, so processes sharing a
+subscription (each with its own client id) never see each other's.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import deque
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -55,8 +53,6 @@ DIGEST_BYTES = 16
 # Records are kept at least this long, whatever the session expiry says: with MQTT 3.1.1 the
 # broker decides (Mosquitto's persistent_client_expiration, 7 days in scripts/mosquitto.conf).
 MIN_KEEP_SECONDS = 7 * 24 * 3600
-# MQTT packet ids are 16-bit and never 0: no more messages than this can be unacknowledged.
-PACKET_IDS = 65_535
 
 _PRUNE = "DELETE FROM mqtt_deliveries WHERE committed_at < now() - make_interval(secs => $1)"
 _LOAD = "SELECT packet_id, digest FROM mqtt_deliveries WHERE client_id = $1"
@@ -78,16 +74,15 @@ def digest(topic: bytes, payload: bytes) -> bytes:
 
 
 class Entry:
-    """A record: the message received under `packet_id` at `position` (its QoS 1 count) on
-    connection `generation` (-1: loaded from the table)."""
+    """A record: the message received under `packet_id` on connection `generation` (-1:
+    loaded from the table)."""
 
-    __slots__ = ("digest", "generation", "packet_id", "position")
+    __slots__ = ("digest", "generation", "packet_id")
 
-    def __init__(self, packet_id: int, content: bytes, generation: int, position: int) -> None:
+    def __init__(self, packet_id: int, content: bytes, generation: int) -> None:
         self.packet_id = packet_id
         self.digest = content
         self.generation = generation
-        self.position = position
 
 
 @dataclass(slots=True)
@@ -126,17 +121,17 @@ class DeliveryLog:
     process before the first connection, then kept by this process, the only writer for its
     client id), so the check runs in the message callback without a database round trip."""
 
-    def __init__(self, client_id: str, *, keep_seconds: float, window: int) -> None:
+    def __init__(self, client_id: str, *, keep_seconds: float) -> None:
         self.client_id = client_id
         self.keep_seconds = max(keep_seconds, MIN_KEEP_SECONDS)
-        # At most this many QoS 1 messages unacknowledged at the broker (Receive Maximum).
-        self.window = window
         self._entries: dict[int, Entry] = {}
-        # Records by age, for retirement; may hold entries replaced since (skipped).
-        self._unconfirmed: deque[Entry] = deque()
         self._generation = -1
-        self._position = 0
+        # Until the first non-DUP delivery of a connection: the broker is resending.
         self._resending = False
+        # Acknowledged on this connection, not yet confirmed by a round trip.
+        self._acknowledged: list[Entry] = []
+        # Known stale, removed from memory, still to delete from the table.
+        self._retired: list[Entry] = []
         self.loaded = False
 
     def __len__(self) -> int:
@@ -149,61 +144,66 @@ class DeliveryLog:
             rows = await conn.fetch(_LOAD, self.client_id)
         for row in rows:
             if row["packet_id"] not in self._entries:
-                entry = Entry(row["packet_id"], bytes(row["digest"]), -1, 0)
-                self._entries[entry.packet_id] = entry
-                self._unconfirmed.append(entry)
+                self._entries[row["packet_id"]] = Entry(row["packet_id"], bytes(row["digest"]), -1)
         self.loaded = True
 
-    def arrived(self, packet_id: int, dup: bool, generation: int) -> list[Entry] | None:
-        """A QoS 1 delivery on connection `generation`: returns the records it proves
-        acknowledged (to delete with its batch), if any. Call before anything else below."""
+    def arrived(self, dup: bool, generation: int) -> None:
+        """A QoS 1 delivery on connection `generation`; call before the methods below."""
         if generation != self._generation:
             self._generation = generation
-            self._position = 0
             self._resending = True
-        self._position += 1
-        pending = self._unconfirmed
-        if not pending:
-            self._resending = self._resending and dup
-            return None
-        retired: list[Entry] = []
+            self._acknowledged.clear()  # never confirmed: the resend rule takes over
         if self._resending and not dup:
             self._resending = False
-            while pending and pending[0].generation != generation:
-                self._retire(pending.popleft(), retired)
-        oldest = self._position - self.window
-        while pending and pending[0].generation == generation and pending[0].position < oldest:
-            self._retire(pending.popleft(), retired)
-        return retired or None
+            stale = [e for e in self._entries.values() if e.generation != generation]
+            for entry in stale:
+                del self._entries[entry.packet_id]
+            self._retired += stale
 
-    def _retire(self, entry: Entry, retired: list[Entry]) -> None:
-        if self._entries.get(entry.packet_id) is entry:
-            del self._entries[entry.packet_id]
-            retired.append(entry)
-
-    def is_copy(self, packet_id: int, content: bytes) -> bool:
-        """Whether a DUP delivery is a copy of a message this client already has. A copy is
-        acknowledged on this connection, so its record starts over from here."""
+    def is_copy(self, packet_id: int, content: bytes) -> Entry | None:
+        """The record a DUP delivery is a copy of, renewed for this connection (the copy is
+        acknowledged here), or None."""
         entry = self._entries.get(packet_id)
         if entry is None or entry.digest != content:
-            return False
-        self._add(packet_id, entry.digest)
-        return True
+            return None
+        return self.note(packet_id, entry.digest)
 
-    def note(self, packet_id: int, content: bytes) -> None:
+    def note(self, packet_id: int, content: bytes) -> Entry:
         """A message to record was received (the record is written with its batch; if the
         process ends first, the broker delivers it again to a table without it)."""
-        self._add(packet_id, content)
+        entry = Entry(packet_id, content, self._generation)
+        self._entries[packet_id] = entry
+        return entry
 
     def forget(self, packet_id: int) -> bool:
         """A message not to record was received: a record under its id, if any, is stale.
         True if there was one (its batch deletes it)."""
         return self._entries.pop(packet_id, None) is not None
 
-    def _add(self, packet_id: int, content: bytes) -> None:
-        entry = Entry(packet_id, content, self._generation, self._position)
-        self._entries[packet_id] = entry
-        self._unconfirmed.append(entry)
+    def acknowledged(self, entries: list[Entry]) -> None:
+        """PUBACKs were sent for these records' messages on the current connection."""
+        self._acknowledged += entries
+
+    def take_acknowledged(self) -> list[Entry]:
+        """The records to confirm with the next round trip."""
+        taken, self._acknowledged = self._acknowledged, []
+        return taken
+
+    def confirmed(self, entries: list[Entry]) -> None:
+        """A round trip sent after these records' PUBACKs was answered: retire them (unless
+        a later message under the same id replaced them meanwhile)."""
+        for entry in entries:
+            if self._entries.get(entry.packet_id) is entry:
+                del self._entries[entry.packet_id]
+                self._retired.append(entry)
+
+    def take_retired(self) -> list[Entry]:
+        """Retired records to delete from the table (`give_back` them if that fails)."""
+        taken, self._retired = self._retired, []
+        return taken
+
+    def give_back(self, entries: list[Entry]) -> None:
+        self._retired = entries + self._retired
 
 
 async def persist(
