@@ -295,6 +295,7 @@ class TestDeliveryLog:
         await _deliver(pipeline, 7, topic, '{"speed": 1}', dup=True)
         assert await _speeds(pg_pool, machine) == [1]
         assert pipeline.state.counters.redelivered == 1
+        assert pipeline.state.counters.accepted == 1
         assert list(await _records(pg_pool, client)) == [7]
 
     async def test_the_record_survives_a_restart_of_the_process(

@@ -45,6 +45,7 @@ _PAHO_CLIENT_ATTRIBUTES = (
     "_handle_publish",
     "_handle_pingresp",
     "_send_pingreq",
+    "_send_simple_command",
     "_sock",
     "_in_packet",
     "_protocol",
@@ -218,9 +219,13 @@ class Link:
         """Return once the broker has answered a PINGREQ sent now, i.e. has processed every
         packet we sent before it (in particular our PUBACKs). Raises MqttError if the ping
         cannot be sent; never returns if the connection is lost (cancel it with the
-        connection)."""
-        if self._send_pingreq() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise aiomqtt.MqttError("could not send PINGREQ")
+        connection). Sent without paho's keepalive bookkeeping (`_ping_t`), so paho's
+        ping-timeout rule stays what it was: a slow answer (behind a backlog we are not
+        reading yet) does not drop the connection."""
+        rc = self.paho._send_simple_command(paho_mqtt.PINGREQ)
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttError(f"could not send PINGREQ: {rc.name}")
+        self._pings_sent += 1
         future: asyncio.Future[None] = self._loop.create_future()
         self._ping_waiters.append((self._pings_sent, future))
         await future

@@ -481,7 +481,8 @@ class Pipeline:
         counters.duplicates += result.duplicates
         counters.status_updates += len(stored.applied)
         counters.rejected += stored.dead_letters
-        counters.accepted += len(batch) - stored.dead_letters
+        copies = sum(1 for item in batch if item.copy)  # counted as redelivered on arrival
+        counters.accepted += len(batch) - stored.dead_letters - copies
         counters.batches += 1
 
     def _acknowledge(self, batch: list[Pending]) -> None:

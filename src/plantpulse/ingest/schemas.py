@@ -26,7 +26,8 @@ class Latency(BaseModel):
 
 class IngestStats(BaseModel):
     """Counters since this process started (each process of a scaled-out deployment has its
-    own). Messages: received = accepted + rejected + still queued or being written."""
+    own). Messages: received = accepted + rejected + redelivered + still queued or being
+    written."""
 
     enabled: bool = Field(description="MQTT ingest runs in this process")
     connected: bool = False
@@ -44,6 +45,11 @@ class IngestStats(BaseModel):
     batches: int = 0
     write_retries: int = Field(0, description="Failed batch writes that were retried")
     reconnects: int = 0
+    redelivered: int = Field(
+        0,
+        description="DUP redeliveries of messages already committed: acknowledged, not stored "
+        "again (docs/ingest.md, the delivery log)",
+    )
     queue_depth: int = Field(0, description="Messages received and not yet committed")
     queue_readings: int = 0
     queue_capacity: int = 0
