@@ -1,4 +1,4 @@
-"""MQTT packet ids committed per client, to recognise QoS 1 redeliveries (docs/ingest.md).
+"""MQTT packet ids committed per client and batch, to recognise QoS 1 redeliveries (docs/ingest.md).
 
 Revision ID: 0004
 Revises: 0003
@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0004"
 down_revision: str | None = "0003"
@@ -17,18 +18,18 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    # One row per committed batch of one client: the packet ids of its recorded messages and
+    # their 16-byte digests, concatenated in the same order (ingest/redelivery.py).
     op.create_table(
         "mqtt_deliveries",
         sa.Column("client_id", sa.Text(), nullable=False),
-        sa.Column("packet_id", sa.Integer(), nullable=False),
-        sa.Column("digest", sa.LargeBinary(), nullable=False),
+        sa.Column("batch", sa.BigInteger(), nullable=False),
+        sa.Column("packet_ids", postgresql.ARRAY(sa.Integer()), nullable=False),
+        sa.Column("digests", sa.LargeBinary(), nullable=False),
         sa.Column(
             "committed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
-        sa.PrimaryKeyConstraint("client_id", "packet_id", name="pk_mqtt_deliveries"),
-        # At most 65,535 rows per client, rewritten in place: room on each page for the new
-        # version keeps the upserts HOT (no index update).
-        postgresql_with={"fillfactor": 70},
+        sa.PrimaryKeyConstraint("client_id", "batch", name="pk_mqtt_deliveries"),
     )
 
 

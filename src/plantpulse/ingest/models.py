@@ -14,6 +14,7 @@ from sqlalchemy import (
     Text,
     func,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 
 from plantpulse.db import Base
 
@@ -30,13 +31,14 @@ dead_letters = Table(
     Index("ix_dead_letters_received_at", "received_at"),
 )
 
-# QoS 1 packet ids whose message this client committed (ingest/redelivery.py): at most one row
-# per (client, packet id), replaced when the broker reuses the id.
+# QoS 1 packet ids whose message this client committed (ingest/redelivery.py): one row per
+# batch, the ids and their 16-byte digests in the same order; deleted once stale.
 mqtt_deliveries = Table(
     "mqtt_deliveries",
     Base.metadata,
     Column("client_id", Text, primary_key=True),
-    Column("packet_id", Integer, primary_key=True),
-    Column("digest", LargeBinary, nullable=False),
+    Column("batch", BigInteger, primary_key=True),
+    Column("packet_ids", ARRAY(Integer), nullable=False),
+    Column("digests", LargeBinary, nullable=False),
     Column("committed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )

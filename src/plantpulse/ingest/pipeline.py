@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import operator
 import time
 import uuid
 from collections import deque
@@ -45,7 +46,7 @@ from plantpulse.telemetry.service import store_batch
 log = logging.getLogger(__name__)
 
 SOURCE = "mqtt"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_TIME = operator.itemgetter(0)
 # Readings (not messages) the queue may hold before we stop reading; messages are bounded by
 # settings.ingest.queue_max_messages.
 QUEUE_READINGS_FACTOR = 8
@@ -72,14 +73,11 @@ class Pending:
     status: StatusChange | None
     # "<reason code>: <detail>" when the message (or part of it) is a dead letter.
     dead: str | None
-    # The digest to record for this packet id when the batch commits (redelivery.py).
-    record: bytes | None = None
-    # Delete the (stale) record of this packet id when the batch commits.
-    forget: bool = False
-    # The record to report acknowledged with this message's PUBACK (its own, or a copy's).
+    # This message's record (redelivery.py), written with its batch and reported
+    # acknowledged with its PUBACK; None if the unique key protects it.
     entry: redelivery.Entry | None = None
-    # Records known stale, deleted when the batch commits (set on a batch's first message).
-    retired: list[redelivery.Entry] | None = None
+    # Rows of the delivery log known stale, deleted with the batch (on a batch's first item).
+    retired: list[int] | None = None
     # A DUP copy of a message already committed or queued: nothing to store, only the ack.
     copy: bool = False
 
@@ -188,7 +186,9 @@ class Pipeline:
         dead: str | None = None
         content: bytes | None = None
         if message.qos:
-            self.deliveries.arrived(message.dup, self.generation)
+            deliveries = self.deliveries
+            if message.dup or deliveries.resending or deliveries.generation != self.generation:
+                deliveries.arrived(message.dup, self.generation)
             if message.dup:
                 content = redelivery.digest(message.raw_topic, payload)
                 if (entry := self.deliveries.is_copy(message.mid, content)) is not None:
@@ -239,20 +239,21 @@ class Pipeline:
         if micros <= self._last_micros:
             micros = self._last_micros + 1
         self._last_micros = micros
-        return EPOCH + timedelta(microseconds=micros)
+        # Exact: a float's error at this magnitude (< 0.25 us) is rounded away.
+        return datetime.fromtimestamp(micros / 1_000_000, UTC)
 
     def _track(
         self, item: Pending, raw_topic: bytes, content: bytes | None, now: datetime | None
     ) -> None:
         """Decide whether a QoS 1 message's packet id is recorded with its batch: yes if the
         unique key cannot recognise a copy of it (readings stamped with the receive time, a
-        status change, a dead letter). Decoders stamp such readings with `clock.now`, this
-        very object, which is what `is` checks."""
-        if item.dead is not None or item.status is not None or any(r[0] is now for r in item.rows):
-            item.record = content or redelivery.digest(raw_topic, item.payload)
-            item.entry = self.deliveries.note(item.mid, item.record)
-        elif self.deliveries.forget(item.mid):
-            item.forget = True
+        status change, a dead letter). Decoders stamp such readings with `clock.now`; receive
+        times are unique per process, so a reading at `now` is one of this message's."""
+        if item.dead is not None or item.status is not None or now in map(_TIME, item.rows):
+            content = content or redelivery.digest(raw_topic, item.payload)
+            item.entry = self.deliveries.note(item.mid, content)
+        elif self.deliveries:
+            self.deliveries.forget(item.mid)
 
     def _enqueue(self, item: Pending) -> None:
         self._queue.append(item)
@@ -402,18 +403,14 @@ class Pipeline:
             slots.release()
 
     def delivery_changes(self, batch: list[Pending]) -> redelivery.Changes:
-        """The delivery-log changes to commit with `batch`, in arrival order (retirements
-        known when the batch was taken come first: they predate its messages)."""
-        changes = redelivery.Changes()
+        """The delivery-log changes to commit with `batch`: a row with its records (copies
+        too: they are acknowledged on this connection) and the rows it retires."""
+        changes = redelivery.Changes(self.deliveries.next_key())
         for item in batch:
+            if item.entry is not None:
+                changes.entries.append(item.entry)
             if item.retired:
-                for entry in item.retired:
-                    changes.retire(entry)
-        for item in batch:
-            if item.record is not None:
-                changes.record(item.mid, item.record)
-            elif item.forget:
-                changes.delete(item.mid)
+                changes.retired += item.retired
         return changes
 
     async def _commit(self, batch: list[Pending]) -> None:
@@ -473,6 +470,8 @@ class Pipeline:
             if changes
             else None,
         )
+        if changes.entries:
+            self.deliveries.stored(changes)
         # Counted once, after the commit.
         counters = self.state.counters
         result = stored.written.result
@@ -511,9 +510,7 @@ class Pipeline:
         retired = self.deliveries.take_retired()
         if not retired:
             return
-        changes = redelivery.Changes()
-        for entry in retired:
-            changes.retire(entry)
+        changes = redelivery.Changes(0, retired=retired)
         try:
             async with self._resources.pg.acquire() as conn, conn.transaction():
                 await redelivery.persist(conn, self.deliveries.client_id, changes)
