@@ -369,7 +369,7 @@ class Pipeline:
         """After the writer failed: the batches it had taken and not acknowledged go back to
         the front of the queue, in order, for the restarted writer. Some may be committed
         already; writing them again stores nothing twice (their rows and receive times were
-        fixed on arrival, and the records are upserts)."""
+        fixed on arrival; their records get a new row and the earlier one is retired)."""
         if not self._in_flight:
             return
         items = [item for batch in self._in_flight.values() for item in batch]
