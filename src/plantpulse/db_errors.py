@@ -38,6 +38,9 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
 # SQLSTATEs of transient failures that asyncpg reports through a broader class.
 _TRANSIENT_SQLSTATES = frozenset(
     {
+        "25006",  # read_only_sql_transaction: a standby, e.g. the old primary mid-failover
+        "53100",  # disk_full: the server cannot write anything, whatever the batch
+        "53200",  # out_of_memory
         "55000",  # object_not_in_prerequisite_state: "database is not accepting connections"
         "57000",  # operator_intervention
         "57P04",  # database_dropped

@@ -140,6 +140,11 @@ class BatchWriter:
                 # may not, and asyncpg's reset on release does not catch every such state.
                 if not isinstance(exc, asyncpg.PostgresError) or is_transient(exc):
                     conn.terminate()
+                if isinstance(exc, Exception) and is_transient(exc):
+                    # The server may have dropped every connection (a restart, a failover,
+                    # terminated backends): replace the idle ones at their next use rather
+                    # than fail one request or batch per stale connection.
+                    await self._pool.expire_connections()
                 raise
 
     async def write_in(self, conn: PoolConnectionProxy, rows: Sequence[Row]) -> Written:
