@@ -137,7 +137,7 @@ class BatchWriter:
                 # A server-reported error (a constraint, a bad value) leaves the session
                 # usable once its transaction is rolled back; anything else (a terminated
                 # backend, a protocol state broken mid-COPY, a cancellation mid-operation)
-                # may not, and asyncpg's reset on release does not catch every such state.
+                # may not: close it rather than count on the pool's reset to notice.
                 if not isinstance(exc, asyncpg.PostgresError) or is_transient(exc):
                     conn.terminate()
                 if isinstance(exc, Exception) and is_transient(exc):
@@ -148,8 +148,9 @@ class BatchWriter:
                 raise
 
     async def write_in(self, conn: PoolConnectionProxy, rows: Sequence[Row]) -> Written:
-        """Store rows of known machines inside the caller's open transaction; nothing is
-        announced until `committed`. Raises on database errors (the caller retries)."""
+        """Store rows of known machines inside the caller's open transaction (once per
+        transaction: the staging table empties at commit); nothing is announced until
+        `committed`. Raises on database errors (the caller retries the transaction)."""
         if not rows:
             return NOTHING_WRITTEN
         stored, new_metrics = self._validate(rows)
@@ -184,6 +185,8 @@ class BatchWriter:
     async def write(self, rows: Sequence[Row], *, source: str) -> WriteResult:
         """Rows of known machines in a transaction of their own (tools and tests; ingest goes
         through `telemetry.service.store_batch`). Raises on database errors."""
+        if not rows:
+            return WriteResult(0, 0)
         async with self.connection() as conn, conn.transaction():
             written = await self.write_in(conn, rows)
         self.committed(written, source=source)
