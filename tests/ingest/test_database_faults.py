@@ -189,6 +189,10 @@ CREATE TRIGGER fail_first_dead_letter BEFORE INSERT ON dead_letters
 """
 
 
+# One good reading, one rejected value: the message is also a dead letter.
+GOOD_AND_BAD = '{"timestamp": 1767607200, "t": 1.5, "speed": "fast"}'
+
+
 class TestOneTransactionPerBatch:
     async def test_a_batch_retried_after_a_failed_dead_letter_is_announced_and_counted_once(
         self, own_database: str, broker: support.Broker
@@ -205,13 +209,7 @@ class TestOneTransactionPerBatch:
             await subscribed(resources)
             announced = announced_rows(resources)
             counters = ingest_of(resources).state.counters
-            # One good reading, one rejected value: the message is also a dead letter.
-            publisher = PacedPublisher(
-                broker, topic, ['{"timestamp": 1767607200, "t": 1.5, "speed": "fast"}'],
-                per_second=1,
-            )  # fmt: skip
-            publisher.start()
-            await publisher.wait()
+            await mosquitto_pub(broker, topic, [GOOD_AND_BAD])
             await wait_until_all_acknowledged(resources, 1)
             assert counters.write_retries == 1
             assert announced == [1]
@@ -240,12 +238,7 @@ class TestOneTransactionPerBatch:
         topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
         async with running(settings) as resources:
             await subscribed(resources)
-            publisher = PacedPublisher(
-                broker, topic, ['{"timestamp": 1767607200, "t": 1.5, "speed": "fast"}'],
-                per_second=1,
-            )  # fmt: skip
-            publisher.start()
-            await publisher.wait()
+            await mosquitto_pub(broker, topic, [GOOD_AND_BAD])
             await wait_until_all_acknowledged(resources, 1)
             assert ingest_of(resources).state.counters.write_retries == 1
         conn = await asyncpg.connect(dsn(own_database))
