@@ -226,7 +226,8 @@ class MqttIngest:
         if error is not None or not self.pipeline.stopping.is_set():
             # Nothing more is stored or acknowledged; the broker keeps the messages for the
             # next start. /ready reports MQTT down from now on.
-            self._writer_failure = f"the writer stopped: {type(error).__name__}: {error}"[:500]
+            why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+            self._writer_failure = f"the writer stopped: {why}"[:500]
             self.pipeline.state.error(self._writer_failure)
             log.error("MQTT writer stopped; restart the process", exc_info=error)
 
