@@ -21,31 +21,22 @@ import functools
 import logging
 import operator
 import time
-import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 from plantpulse.db_errors import is_database_error, is_transient
-from plantpulse.ingest import dead_letters, redelivery
-from plantpulse.ingest.decoders import (
-    DecodeError,
-    DecoderRegistry,
-    Reason,
-    StatusChange,
-    Telemetry,
-)
+from plantpulse.ingest import redelivery
+from plantpulse.ingest.decoders import DecodeError, DecoderRegistry, Reason, StatusChange, Telemetry
+from plantpulse.ingest.messages import SOURCE, Pending, dead_letters_of, rejections
 from plantpulse.ingest.paho_bridge import Link, Publish
 from plantpulse.ingest.stats import IngestState
-from plantpulse.machines import connectivity
 from plantpulse.state import Resources
 from plantpulse.telemetry.payloads import Clock, Parsed, Row
 from plantpulse.telemetry.service import store_batch
 
 log = logging.getLogger(__name__)
 
-SOURCE = "mqtt"
 _TIME = operator.itemgetter(0)
 # Readings (not messages) the queue may hold before we stop reading; messages are bounded by
 # settings.ingest.queue_max_messages.
@@ -57,29 +48,6 @@ RETRY_MAX_SECONDS = 5.0
 # A database error that is not a lost connection is retried this often before the batch is
 # split to find (and dead-letter) the message that causes it.
 PERMANENT_ERROR_ATTEMPTS = 3
-
-
-@dataclass(slots=True)
-class Pending:
-    """One received message between the callback and its acknowledgement."""
-
-    mid: int
-    qos: int
-    generation: int
-    topic: str
-    payload: bytes
-    arrived: float
-    rows: list[Row]
-    status: StatusChange | None
-    # "<reason code>: <detail>" when the message (or part of it) is a dead letter.
-    dead: str | None
-    # This message's record (redelivery.py), written with its batch and reported
-    # acknowledged with its PUBACK; None if the unique key protects it.
-    entry: redelivery.Entry | None = None
-    # Rows of the delivery log known stale, deleted with the batch (on a batch's first item).
-    retired: list[int] | None = None
-    # A DUP copy of a message already committed or queued: nothing to store, only the ack.
-    copy: bool = False
 
 
 class Pipeline:
@@ -219,7 +187,7 @@ class Pipeline:
                 if isinstance(decoded, Telemetry):
                     rows = decoded.parsed.rows
                     if decoded.parsed.rejected:
-                        dead = _rejections(decoded.parsed)
+                        dead = rejections(decoded.parsed)
                 else:
                     status = decoded
         item = Pending(
@@ -324,7 +292,8 @@ class Pipeline:
         # and acknowledged after its own commit, but acknowledgements go out in the order the
         # messages came in: MQTT wants PUBACKs in the order of the PUBLISHes (section 4.6).
         # A slot is taken before a batch leaves the queue, so at most that many batches are
-        # held outside it (the backpressure bound stays the queue's).
+        # held outside it (the backpressure bound stays the queue's). A flush never fails:
+        # it retries until its batch is committed.
         slots = asyncio.Semaphore(self._settings.ingest.writer_connections)
         previous: asyncio.Task[None] | None = None
         flushes: set[asyncio.Task[None]] = set()
@@ -394,11 +363,15 @@ class Pipeline:
             self.state.flush_seconds.append(time.monotonic() - started)
             self.state.committed()
             if previous is not None:
-                await previous
+                await asyncio.wait([previous])  # its outcome is its own
             self.state.commit_lag_seconds.append(time.time() - batch[0].arrived)
             # Out of the requeue set before the acks: an ack is never sent twice.
             del self._in_flight[sequence]
-            self._acknowledge(batch)
+            try:
+                self._acknowledge(batch)
+            except Exception as exc:  # committed: the broker redelivers, the key dedupes
+                log.exception("MQTT acknowledgements failed")
+                self.state.error(f"acknowledgements: {type(exc).__name__}: {exc}")
         finally:
             slots.release()
 
@@ -413,8 +386,13 @@ class Pipeline:
                 changes.retired += item.retired
         return changes
 
-    async def _commit(self, batch: list[Pending]) -> None:
-        """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
+    async def _commit(self, batch: list[Pending], *, dead_lettered: bool = False) -> None:
+        """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile.
+
+        Every failure is retried with backoff. A lost or refused connection (db_errors) is
+        retried for as long as it takes, each time on a fresh connection (the writer closes
+        one that failed); anything else, a few times, then the batch is split until the
+        message the database refuses is found and dead-lettered (`_isolate`)."""
         attempt = 0
         permanent = 0
         while True:
@@ -425,7 +403,9 @@ class Pipeline:
                 self._retrying(exc, attempt)
                 if not is_transient(exc):
                     permanent += 1
-                    if permanent >= PERMANENT_ERROR_ATTEMPTS:
+                    # When even the dead letter of one message is refused there is nothing
+                    # left to split: the database is at fault, keep retrying.
+                    if permanent >= PERMANENT_ERROR_ATTEMPTS and not dead_lettered:
                         await self._isolate(batch, exc)
                         return
             await asyncio.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt))
@@ -443,8 +423,9 @@ class Pipeline:
         if len(batch) == 1:
             item = batch[0]
             item.rows = []
+            item.status = None
             item.dead = f"{Reason.storage_error}: {type(exc).__name__}: {exc}"[:1000]
-            await self._commit(batch)
+            await self._commit(batch, dead_lettered=True)
             return
         half = len(batch) // 2
         await self._commit(batch[:half])
@@ -463,7 +444,7 @@ class Pipeline:
             source=SOURCE,
             statuses=[(i.status.machine_id, i.status.connectivity) for i in batch if i.status],
             feed=resources.connectivity,
-            dead_letters_of=functools.partial(_dead_letters, batch),
+            dead_letters_of=functools.partial(dead_letters_of, batch),
             extra=functools.partial(
                 redelivery.persist, client_id=self.deliveries.client_id, changes=changes
             )
@@ -518,43 +499,3 @@ class Pipeline:
             if not is_database_error(exc):
                 raise
             self.deliveries.give_back(retired)
-
-
-def _rejections(parsed: Parsed) -> str:
-    shown = "; ".join(f"{r.where}: {r.reason}" for r in parsed.rejected[:5])
-    more = f" (+{len(parsed.rejected) - 5} more)" if len(parsed.rejected) > 5 else ""
-    total = len(parsed.rows) + len(parsed.rejected)
-    return f"{Reason.rejected_values}: {len(parsed.rejected)} of {total} rejected: {shown}{more}"
-
-
-def _dead_letters(
-    batch: list[Pending],
-    unknown: frozenset[uuid.UUID],
-    applied: Sequence[connectivity.ConnectivityChange],
-) -> list[dead_letters.DeadLetter]:
-    """A dead letter per message that was not ingested in full, with every reason why."""
-    updated = {change.machine_id for change in applied}
-    letters: list[dead_letters.DeadLetter] = []
-    for item in batch:
-        reasons = [item.dead] if item.dead else []
-        if unknown and item.rows:
-            missing = sorted({str(r[1]) for r in item.rows if r[1] in unknown})
-            if missing:
-                reasons.append(
-                    f"{Reason.unknown_machine}: not registered: {', '.join(missing[:5])}"
-                )
-        if item.status and item.status.machine_id not in updated:
-            reasons.append(
-                f"{Reason.unknown_machine}: machine {item.status.machine_id} is not registered"
-            )
-        if reasons:
-            letters.append(
-                dead_letters.DeadLetter(
-                    received_at=datetime.fromtimestamp(item.arrived, UTC),
-                    source=SOURCE,
-                    topic=item.topic,
-                    reason="; ".join(reasons),
-                    payload=item.payload,
-                )
-            )
-    return letters

@@ -18,7 +18,7 @@ from typing import Any
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from plantpulse.db_errors import is_database_error
+from plantpulse.db_errors import is_database_error, is_transient
 from plantpulse.errors import DatabaseUnavailable as DatabaseUnavailable  # re-exported
 from plantpulse.errors import (
     InvalidInput,
@@ -196,9 +196,19 @@ async def ingest(
             "(split the batch)"
         )
     async with database_errors():
-        stored = await store_batch(
-            parsed, catalog=catalog, writer=writer, auto_register=auto_register, source=source
-        )
+        try:
+            stored = await store_batch(
+                parsed, catalog=catalog, writer=writer, auto_register=auto_register, source=source
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Once more, on a fresh connection: the one that failed may have been closed by
+            # the server while idle in the pool (a restart, a terminated backend). Safe: the
+            # batch is one transaction and stored readings are skipped by their unique key.
+            stored = await store_batch(
+                parsed, catalog=catalog, writer=writer, auto_register=auto_register, source=source
+            )
     result = stored.written.result
     return IngestOutcome(
         accepted=result.received, duplicates=result.duplicates, rejected=stored.kept.rejected

@@ -130,21 +130,36 @@ class BatchWriter:
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
         """A pool connection that goes back to the pool only if it is known to be sound."""
-        async with self._pool.acquire() as conn:
+        conn = await self._pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            # A server-reported error (a constraint, a bad value) leaves the session usable
+            # once its transaction is rolled back; anything else (a terminated backend, a
+            # protocol state broken mid-COPY, a cancellation mid-operation) may not: close
+            # it rather than count on the pool's reset to notice.
+            if not isinstance(exc, asyncpg.PostgresError) or is_transient(exc):
+                conn.terminate()
+            if isinstance(exc, Exception) and is_transient(exc):
+                # The server may have dropped every connection (a restart, a failover,
+                # terminated backends): replace the idle ones at their next use rather than
+                # fail one request or batch per stale connection.
+                await self._pool.expire_connections()
+            raise
+        finally:
             try:
-                yield conn
-            except BaseException as exc:
-                # A server-reported error (a constraint, a bad value) leaves the session
-                # usable once its transaction is rolled back; anything else (a terminated
-                # backend, a protocol state broken mid-COPY, a cancellation mid-operation)
-                # may not, and asyncpg's reset on release does not catch every such state.
-                if not isinstance(exc, asyncpg.PostgresError) or is_transient(exc):
-                    conn.terminate()
-                raise
+                await self._pool.release(conn)
+            except Exception as exc:
+                # The pool resets a connection it takes back; if the server has just dropped
+                # it that fails, and the pool closes it. The work on it is over (committed or
+                # rolled back): failing now would have the caller write a committed batch again.
+                log.info("a pool connection was lost on release: %s: %s", type(exc).__name__, exc)
+                await self._pool.expire_connections()
 
     async def write_in(self, conn: PoolConnectionProxy, rows: Sequence[Row]) -> Written:
-        """Store rows of known machines inside the caller's open transaction; nothing is
-        announced until `committed`. Raises on database errors (the caller retries)."""
+        """Store rows of known machines inside the caller's open transaction (once per
+        transaction: the staging table empties at commit); nothing is announced until
+        `committed`. Raises on database errors (the caller retries the transaction)."""
         if not rows:
             return NOTHING_WRITTEN
         stored, new_metrics = self._validate(rows)
@@ -179,6 +194,8 @@ class BatchWriter:
     async def write(self, rows: Sequence[Row], *, source: str) -> WriteResult:
         """Rows of known machines in a transaction of their own (tools and tests; ingest goes
         through `telemetry.service.store_batch`). Raises on database errors."""
+        if not rows:
+            return WriteResult(0, 0)
         async with self.connection() as conn, conn.transaction():
             written = await self.write_in(conn, rows)
         self.committed(written, source=source)
