@@ -261,7 +261,13 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    log.exception("unhandled error request_id=%s %s %s", request_id, request.method, request.url)
+    log.error(
+        "unhandled error request_id=%s %s %s",
+        request_id,
+        request.method,
+        request.url,
+        exc_info=exc,  # explicit: this handler is also called outside an `except` block
+    )
     return envelope(500, "internal error; quote the request id", request_id=request_id)
 
 
