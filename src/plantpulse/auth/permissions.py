@@ -51,7 +51,3 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 # Lowest first; self-registration always gets ROLES_BY_RANK[0].
 ROLES_BY_RANK = (Role.operator, Role.supervisor, Role.management)
-
-
-def has_permission(role: Role, permission: Permission) -> bool:
-    return permission in ROLE_PERMISSIONS[role]
