@@ -102,7 +102,12 @@ async def register(
     resources: AppResources,
     caller: OptionalPrincipal,
 ) -> UserRead:
-    """Create an account; only a management caller may choose its role."""
+    """Create an account; only a management caller may choose its role.
+
+    Without a management token the account is always an `operator`: a body that omits `role`
+    or asks for `operator` creates one, and a body that asks for a higher role is refused with
+    403 (rather than silently downgraded, so a script that expects a supervisor finds out).
+    """
     manager = caller is not None and caller.can(Permission.users_manage)
     if not manager and not resources.settings.auth.allow_self_registration:
         raise PermissionDenied("self-registration is disabled; ask a management user")
