@@ -6,6 +6,8 @@ import asyncio
 import getpass
 import os
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import asyncpg
@@ -128,3 +130,37 @@ class Broker:
     async def restart(self) -> None:
         await self.stop()
         await self.start()
+
+
+def _admin_dsn() -> str:
+    return _asyncpg_dsn(SERVER_URL)
+
+
+@asynccontextmanager
+async def database_cut(url: str) -> AsyncIterator[None]:
+    """A real outage of one test database (never another): it stops accepting connections and
+    its backends are terminated, as in a failover or a restart; connections are allowed again
+    on exit. Pools that hold its connections find them dead."""
+    name = make_url(url).database
+    assert name is not None
+    assert name.startswith(f"pptest_{RUN_ID}_"), name
+    admin = await asyncpg.connect(_admin_dsn())
+    try:
+        await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        try:
+            # pg_terminate_backend only signals: repeat until no backend is left.
+            async with asyncio.timeout(10):
+                while True:
+                    left = await admin.fetchval(
+                        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                        " WHERE datname = $1 AND pid <> pg_backend_pid()",
+                        name,
+                    )
+                    if not left:
+                        break
+                    await asyncio.sleep(0.02)
+            yield
+        finally:
+            await admin.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+    finally:
+        await admin.close()

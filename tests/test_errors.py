@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
+import pytest
 from fastapi import FastAPI
 from httpx import ASGITransport, AsyncClient
 
@@ -43,6 +45,27 @@ class TestErrorEnvelope:
         assert body["error"] == "InternalError"
         assert body["request_id"] == "req-42"
         assert "kaput" not in body["detail"]
+
+    async def test_an_unexplained_database_error_is_a_500_with_request_id_and_traceback(
+        self, pg_pool: asyncpg.Pool, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        # A missing table is no outage and no client error: a bug (or a missing migration).
+        app = FastAPI()
+        install_error_handlers(app)
+
+        @app.get("/broken")
+        async def broken() -> None:
+            await pg_pool.fetchval("SELECT 1 FROM no_such_table")
+
+        transport = ASGITransport(app=app, raise_app_exceptions=False)
+        async with AsyncClient(transport=transport, base_url="http://t") as client:
+            response = await client.get("/broken", headers={"X-Request-ID": "req-43"})
+        assert response.status_code == 500
+        assert "retry-after" not in response.headers
+        assert response.json()["request_id"] == "req-43"
+        assert "UndefinedTableError" in caplog.text
+        assert "Traceback" in caplog.text
+        assert "req-43" in caplog.text
 
     def test_openapi_documents_the_envelope_for_errors(
         self, running_app: tuple[FastAPI, object]
@@ -97,6 +120,22 @@ class TestOpenApiErrorShapes:
             name
             for name, operation in self._operations(app)
             if "requestBody" in operation and "400" not in operation["responses"]
+        ]
+        assert missing == []
+
+    def test_every_api_route_documents_the_503_of_a_database_outage(
+        self, running_app: tuple[FastAPI, object]
+    ) -> None:
+        # Every API route authenticates or reads the database: an outage is a 503 anywhere.
+        app, _ = running_app
+        missing = [
+            name
+            for name, operation in self._operations(app)
+            if name.split()[1].startswith("/api/")
+            and (
+                "503" not in operation["responses"]
+                or "Retry-After" not in operation["responses"]["503"].get("headers", {})
+            )
         ]
         assert missing == []
 

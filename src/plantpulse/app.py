@@ -117,6 +117,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             writer=BatchWriter(pg, catalog),
             live=LiveConfig.from_settings(settings),
         )
+        # Pushed before the components: each stops its own tasks first (in reverse order of
+        # start), then whatever is left is stopped here.
+        stack.push_async_callback(resources.supervisor.stop)
         await _detect_timescale(resources)
         telemetry_cache = TelemetryCache(redis, settings.redis.key_prefix)
         resources.extras["telemetry_cache"] = telemetry_cache

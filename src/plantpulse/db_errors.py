@@ -35,9 +35,19 @@ _TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.TransactionRollbackError,
 )
 
+# Subclasses of asyncpg's InterfaceError that are no outage: a feature the client or server
+# lacks; and (below) the ones that are also ValueErrors: a malformed DSN or connection option
+# (ClientConfigurationError), a value the driver cannot encode (its own DataError). The same
+# call fails the same way on any connection.
+_PERMANENT_CLIENT: tuple[type[BaseException], ...] = (
+    asyncpg.UnsupportedClientFeatureError,
+    asyncpg.UnsupportedServerFeatureError,
+)
+
 # SQLSTATEs of transient failures that asyncpg reports through a broader class.
 _TRANSIENT_SQLSTATES = frozenset(
     {
+        "53100",  # disk_full: nothing can be written until space is freed; then it works again
         "55000",  # object_not_in_prerequisite_state: "database is not accepting connections"
         "57000",  # operator_intervention
         "57P04",  # database_dropped
@@ -70,14 +80,29 @@ def classify(exc: BaseException) -> Kind:
     if isinstance(exc, sqlalchemy.exc.TimeoutError | sqlalchemy.exc.DisconnectionError):
         return "transient"  # the pool had no connection to give, or lost one
     inner = unwrap(exc)
+    if isinstance(inner, _PERMANENT_CLIENT) or (
+        isinstance(inner, asyncpg.InterfaceError) and isinstance(inner, ValueError)
+    ):
+        return "permanent"
     if isinstance(inner, asyncpg.ObjectNotInPrerequisiteStateError):
         return "transient" if _NOT_ACCEPTING in str(inner) else "permanent"
     if isinstance(inner, _TRANSIENT):
         return "transient"
-    sqlstate = getattr(inner, "sqlstate", None)
-    if sqlstate in _TRANSIENT_SQLSTATES:
+    if sqlstate(inner) in _TRANSIENT_SQLSTATES:
         return "transient"
     return "permanent"
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The five-character SQLSTATE of a PostgreSQL error (through SQLAlchemy's wrapper)."""
+    code = getattr(unwrap(exc), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def is_unique_violation(exc: BaseException) -> bool:
+    """A unique key refused the row (SQLSTATE 23505), as opposed to any other IntegrityError
+    (a CHECK, NOT NULL or foreign key), which must not be reported as "already exists"."""
+    return sqlstate(exc) == "23505"
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -3,6 +3,12 @@
     {"error": "MachineNotFound", "detail": "machine 3f... does not exist", "status": 404}
 
 Validation errors add `errors` (one entry per field); unexpected exceptions add `request_id`.
+
+Database failures, wherever they are raised (a route, a dependency such as authentication, the
+request transaction's commit, the raw asyncpg pool), are answered by what they mean
+(`database_error`): an outage is 503 with `Retry-After`; a value or a conflict the database
+refuses is 422 or 409 with its reason; a configured resource limit is 507; anything else is a
+bug, 500 with a request id and the traceback in the log.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from plantpulse import db_errors
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +78,39 @@ class InvalidInput(PlantPulseError):
 
 
 class ServiceUnavailable(PlantPulseError):
+    """A dependency is down: the same request may succeed later (`Retry-After` says when to
+    try again)."""
+
     status_code = 503
+    retry_after_seconds = 5
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(
+            detail, headers={"Retry-After": str(self.retry_after_seconds), **(headers or {})}
+        )
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database is down, unreachable, restarting, or our connection to it broke."""
+
+
+class ValueRefused(InvalidInput):
+    """The database refused a value of the request (out of range, bad encoding, too large):
+    sending it again fails again."""
+
+
+class DatabaseConflict(Conflict):
+    """The database refused the change because of other data (unique key, reference)."""
+
+
+class DatabaseLimitExceeded(PlantPulseError):
+    """The request needs more than a configured database limit allows (temp_file_limit, memory,
+    locks): not an outage, so no `Retry-After`; narrow the request or raise the limit.
+
+    507 ("the server is unable to store the representation needed to complete the request")
+    rather than 503, which clients retry forever, or 500, which says "bug"."""
+
+    status_code = 507
 
 
 class FieldError(BaseModel):
@@ -100,6 +140,7 @@ _STATUS_NAMES = {
     429: "TooManyRequests",
     500: "InternalError",
     503: "ServiceUnavailable",
+    507: "InsufficientStorage",
 }
 
 _DESCRIPTIONS = {
@@ -110,43 +151,58 @@ _DESCRIPTIONS = {
     409: "Conflicts with existing data",
     413: "Payload too large",
     422: "Validation failed (per-field detail in `errors`)",
-    503: "A dependency is unavailable",
+    503: "A dependency (the database, Redis) is unavailable; retry after `Retry-After` seconds",
+    507: "The request exceeds a configured database limit; narrow it (or raise the limit)",
+}
+
+
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again",
+        "schema": {"type": "integer"},
+    }
 }
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses=` entries for routes, all with the one error envelope."""
-    return {
-        code: {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
-        for code in codes
-    }
+    responses: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        responses[code] = {"model": ErrorResponse, "description": _DESCRIPTIONS.get(code, "Error")}
+        if code == 503:
+            responses[code]["headers"] = _RETRY_AFTER
+    return responses
 
 
 def document_error_envelope(schema: dict[str, Any]) -> None:
     """Make the OpenAPI document say what the handlers below do: FastAPI's default 422 schema
-    (HTTPValidationError, never sent) becomes the envelope, and every route that reads a body
-    documents the 400 for a body that cannot be decoded (FastAPI answers it before validation)."""
+    (HTTPValidationError, never sent) becomes the envelope, every route that reads a body
+    documents the 400 for a body that cannot be decoded (FastAPI answers it before validation),
+    and every API route documents the 503 of a database outage (each one authenticates or
+    reads the database)."""
     components = schema.get("components", {}).get("schemas", {})
     if "ErrorResponse" not in components:
         return
     default_422 = {"$ref": "#/components/schemas/HTTPValidationError"}
-    for item in schema.get("paths", {}).values():
+    envelope_schema = {
+        "application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    }
+    for path, item in schema.get("paths", {}).items():
         for operation in item.values():
             responses = operation.setdefault("responses", {})
+            if path.startswith("/api/") and "503" not in responses:
+                responses["503"] = {
+                    "description": _DESCRIPTIONS[503],
+                    "headers": _RETRY_AFTER,
+                    "content": envelope_schema,
+                }
             for code, response in responses.items():
                 body = response.get("content", {}).get("application/json", {})
                 if body.get("schema") == default_422:
                     body["schema"] = {"$ref": "#/components/schemas/ErrorResponse"}
                     response["description"] = _DESCRIPTIONS.get(int(code), "Error")
             if "requestBody" in operation and "400" not in responses:
-                responses["400"] = {
-                    "description": _DESCRIPTIONS[400],
-                    "content": {
-                        "application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}
-                        }
-                    },
-                }
+                responses["400"] = {"description": _DESCRIPTIONS[400], "content": envelope_schema}
             operation["responses"] = dict(sorted(responses.items()))
     # In this order: FastAPI's ValidationError is referenced only by HTTPValidationError.
     for name in ("HTTPValidationError", "ValidationError"):
@@ -205,24 +261,73 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-    log.exception("unhandled error request_id=%s %s %s", request_id, request.method, request.url)
+    log.error(
+        "unhandled error request_id=%s %s %s",
+        request_id,
+        request.method,
+        request.url,
+        exc_info=exc,  # explicit: this handler is also called outside an `except` block
+    )
     return envelope(500, "internal error; quote the request id", request_id=request_id)
 
 
-async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("database unavailable for %s %s: %s", request.method, request.url.path, exc)
-    return envelope(503, "the database is unavailable; retry later", headers={"Retry-After": "5"})
+# SQLSTATE classes (or codes) of permanent database errors that a request can cause, and the
+# error that says so. Anything else permanent is a bug: 500.
+_REFUSED_VALUE = ("22", "23502", "23514", "54")  # data exception, NOT NULL, CHECK, program limit
+_CONFLICT = ("23",)  # unique, foreign key, exclusion (after the two above)
+_RESOURCE_LIMIT = ("53",)  # insufficient resources (53300 too_many_connections is transient)
 
 
-# Connection-level failures of the database (down, restarting, unreachable) are an outage,
-# not a bug: 503 with the envelope. Anything else from the database stays a 500.
-DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sqlalchemy.exc.OperationalError,
-    sqlalchemy.exc.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.ConnectionDoesNotExistError,
-    asyncpg.AdminShutdownError,
-    ConnectionError,
+def _reason(exc: BaseException) -> str:
+    inner = db_errors.unwrap(exc)
+    lines = str(getattr(inner, "message", None) or inner).strip().splitlines()
+    text = lines[0] if lines else type(inner).__name__
+    detail = getattr(inner, "detail", None)
+    return (f"{text} ({detail})" if detail else text)[:500]
+
+
+def database_error(exc: BaseException, *, where: str) -> PlantPulseError | None:
+    """The API error for a failure of the database or the connection to it, logged with the
+    real reason; None for a permanent error we cannot explain (a bug: the caller answers 500
+    and logs the traceback). `where` says what failed, for the log line."""
+    reason = _reason(exc)
+    if db_errors.is_transient(exc):
+        log.warning("database unavailable (%s): %s: %s", where, type(exc).__name__, reason)
+        return DatabaseUnavailable("the database is unavailable; retry later")
+    sqlstate = db_errors.sqlstate(exc) or ""
+    error: PlantPulseError
+    if sqlstate.startswith(_REFUSED_VALUE):
+        error = ValueRefused(f"the database refused a value: {reason}")
+    elif sqlstate.startswith(_CONFLICT):
+        error = DatabaseConflict(f"the database refused the change: {reason}")
+    elif sqlstate.startswith(_RESOURCE_LIMIT):
+        error = DatabaseLimitExceeded(
+            f"the request exceeds a database limit: {reason}; narrow the request (a shorter "
+            "time range, a smaller batch) or ask the operator to raise the limit"
+        )
+    else:
+        return None
+    level = logging.ERROR if error.status_code >= 500 else logging.WARNING
+    log.log(level, "database refused (%s): SQLSTATE %s %s", where, sqlstate, reason)
+    return error
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    error = database_error(exc, where=f"{request.method} {request.url.path}")
+    if error is None:
+        return await _unexpected_error(request, exc)
+    return envelope(error.status_code, error.detail, error=error.name, headers=error.headers)
+
+
+# What the database, its driver or the connection to it can raise (see db_errors): handled here,
+# in the app's exception middleware, rather than by the catch-all, which re-raises to the server.
+DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
 )
 
 
@@ -230,6 +335,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(PlantPulseError, _plantpulse_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for exc_type in DATABASE_UNAVAILABLE:
-        app.add_exception_handler(exc_type, _database_unavailable)
+    for exc_type in DATABASE_ERRORS:
+        app.add_exception_handler(exc_type, _database_error)
     app.add_exception_handler(Exception, _unexpected_error)

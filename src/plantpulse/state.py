@@ -15,6 +15,7 @@ from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.connectivity import ConnectivityFeed
+from plantpulse.supervisor import Supervisor
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import BatchWriter
 from plantpulse.timescale import TimescaleInfo
@@ -37,6 +38,8 @@ class Resources:
     extras: dict[str, Any] = field(default_factory=dict)
     # Machine online/offline changes (MQTT status topics); realtime listens here.
     connectivity: ConnectivityFeed = field(default_factory=ConnectivityFeed)
+    # Every long-running background task: restarted after a crash, listed in /ready.
+    supervisor: Supervisor = field(default_factory=Supervisor)
 
 
 def get_resources(connection: HTTPConnection) -> Resources:

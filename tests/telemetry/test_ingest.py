@@ -465,5 +465,5 @@ class TestDatabaseOutage:
             for headers in (supervisor, {"X-API-Key": "pp_00000000_whatever"}):
                 response = await client.post(INGEST, json={"batch": []}, headers=headers)
                 assert response.status_code == 503, response.text
-                assert response.json()["error"] == "ServiceUnavailable"
+                assert response.json()["error"] == "DatabaseUnavailable"
                 assert response.json()["status"] == 503

@@ -5,6 +5,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
+from plantpulse.errors import DatabaseLimitExceeded, ValueRefused
 from plantpulse.telemetry import service
 from plantpulse.telemetry.service import InvalidQuery
 from tests import support
@@ -112,10 +113,36 @@ class TestDatabaseErrors:
     async def test_a_refused_value_is_not_an_outage(
         self, pg_pool: asyncpg.Pool, query: str, argument: int
     ) -> None:
-        with pytest.raises((asyncpg.DataError, ValueError)) as caught:
+        with pytest.raises(ValueRefused) as caught:
             async with service.database_errors():
                 await pg_pool.fetchval(query, argument)
-        assert not isinstance(caught.value, service.DatabaseUnavailable)
+        assert caught.value.status_code == 422
+        assert caught.value.headers is None
+
+    async def test_a_configured_limit_is_not_an_outage(self, database_url: str) -> None:
+        # Before: every PostgresError became DatabaseUnavailable (503, retried forever).
+        pool = await asyncpg.create_pool(
+            database_url.replace("+asyncpg", ""),
+            min_size=0,
+            server_settings={"work_mem": "64kB", "temp_file_limit": "64kB"},
+        )
+        try:
+            with pytest.raises(DatabaseLimitExceeded, match="temp_file_limit") as caught:
+                async with service.database_errors():
+                    await pool.fetch("SELECT g FROM generate_series(1, 200000) g ORDER BY g DESC")
+        finally:
+            await pool.close()
+        assert caught.value.status_code == 507
+        assert caught.value.headers is None
+
+    async def test_an_unknown_database_error_is_left_to_the_500_handler(
+        self, pg_pool: asyncpg.Pool
+    ) -> None:
+        # A missing table is a bug (or a missing migration), not an outage: it must not be
+        # dressed up as "retry later".
+        with pytest.raises(asyncpg.UndefinedTableError):
+            async with service.database_errors():
+                await pg_pool.fetchval("SELECT 1 FROM no_such_table")
 
     async def test_an_unreachable_database_is_an_outage(self) -> None:
         dead = await asyncpg.create_pool(

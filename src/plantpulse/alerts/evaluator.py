@@ -27,6 +27,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -35,6 +36,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from plantpulse import db_errors
 from plantpulse.alerts import service
 from plantpulse.alerts.models import Alert, RuleKind, RuleScope
 from plantpulse.alerts.rules import RuleSpec, RuleState, Step, step
@@ -44,6 +46,7 @@ from plantpulse.realtime.broadcast import Broadcast
 from plantpulse.realtime.events import Event, alert_event
 from plantpulse.realtime.hub import Hub, hub_of
 from plantpulse.state import Resources
+from plantpulse.supervisor import Supervised
 from plantpulse.telemetry.writer import CommittedBatch
 
 log = logging.getLogger(__name__)
@@ -81,7 +84,7 @@ class Evaluator:
         self._groups: dict[uuid.UUID, set[uuid.UUID]] = {}
         self._state: dict[Key, RuleState] = defaultdict(RuleState)
         self._arrived: dict[uuid.UUID, datetime] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[Supervised] = []
         self._reloads: set[asyncio.Task[None]] = set()
         self._broadcast: Broadcast | None = None
         # Batches queued but not yet judged and persisted; `drained()` waits for zero.
@@ -290,13 +293,23 @@ class Evaluator:
                 if self._in_flight == 0:
                     self._idle.set()
 
-    async def _every(self, seconds: float, job: Any) -> None:
+    async def _every(self, seconds: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:
             await asyncio.sleep(seconds)
             try:
                 await job()
-            except (SQLAlchemyError, OSError) as exc:
+            except Exception as exc:
+                # An outage is waited out here; anything else is a bug for the supervisor to
+                # log with its traceback (and /ready to show) before it restarts the loop.
+                if not db_errors.is_transient(exc):
+                    raise
                 log.warning("%s failed (%s); retrying", getattr(job, "__name__", job), exc)
+
+    async def _check_no_data_every(self) -> None:
+        await self._every(self._settings.no_data_check_seconds, self.check_no_data)
+
+    async def _reload_every(self) -> None:
+        await self._every(self._settings.refresh_seconds, self.reload)
 
     def _remote(self, _: Any) -> None:
         self._reload_soon()
@@ -309,24 +322,31 @@ class Evaluator:
         redis = self._resources.redis
         if redis is not None:
             channel = f"{self._resources.settings.redis.key_prefix}alert-rules"
-            self._broadcast = Broadcast(redis, channel, on_message=self._remote)
+            self._broadcast = Broadcast(
+                redis,
+                channel,
+                on_message=self._remote,
+                supervisor=self._resources.supervisor,
+            )
             await self._broadcast.start()
-        s = self._settings
+        supervisor = self._resources.supervisor
         self._tasks += [
-            asyncio.create_task(self._consume(), name="alerts-evaluator"),
-            asyncio.create_task(self._every(s.no_data_check_seconds, self.check_no_data)),
-            asyncio.create_task(self._every(s.refresh_seconds, self.reload)),
+            supervisor.spawn("alerts-evaluator", self._consume),
+            supervisor.spawn("alerts-no-data", self._check_no_data_every),
+            supervisor.spawn("alerts-refresh", self._reload_every),
         ]
 
     async def stop(self) -> None:
         if self._broadcast is not None:
             await self._broadcast.stop()
-        tasks = [*self._tasks, *self._reloads]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
+        for task in self._tasks:
+            await task.stop()
+        self._tasks = []
+        for reload in self._reloads:
+            reload.cancel()
+        for reload in list(self._reloads):
             with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+                await reload
 
     async def drained(self) -> None:
         """Wait until every batch queued so far was judged and persisted (tests, benchmarks)."""

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from datetime import datetime
 from typing import Any, Literal
 
 from fastapi import APIRouter, Request
@@ -34,6 +35,17 @@ class Component(BaseModel):
     info: dict[str, Any] | None = None
 
 
+class TaskReport(BaseModel):
+    """A long-running background task (plantpulse.supervisor)."""
+
+    # `error`: it crashed and is waiting to restart, or has not run for a minute since.
+    status: Literal["up", "error"]
+    state: Literal["running", "restarting", "stopped"]
+    restarts: int
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+
+
 class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"]
     database: Component
@@ -41,6 +53,7 @@ class Readiness(BaseModel):
     redis: Component
     mqtt: Component
     revocation_store: Literal["redis", "memory"]
+    tasks: dict[str, TaskReport]
 
 
 @router.get("/")
@@ -88,13 +101,29 @@ def _mqtt(resources: AppResources) -> Component:
     return Component(status="up" if up else "down", detail=detail, info=info)
 
 
+def _tasks(resources: AppResources) -> dict[str, TaskReport]:
+    return {
+        task.name: TaskReport(
+            status="up" if task.healthy else "error",
+            state=task.state,
+            restarts=task.restarts,
+            last_error=task.last_error,
+            last_error_at=task.last_error_at,
+        )
+        for task in resources.supervisor.statuses()
+    }
+
+
 @router.get(
     "/ready",
     response_model=Readiness,
     responses={503: {"model": Readiness, "description": "The database is down"}},
 )
 async def ready(resources: AppResources) -> JSONResponse:
-    """Readiness of database, TimescaleDB, Redis and MQTT broker; 503 when the database is down."""
+    """Readiness of database, TimescaleDB, Redis, MQTT broker and background tasks.
+
+    503 when the database is down; `degraded` (200) when Redis or the broker is down or a
+    background task crashed (it is restarted with backoff; `tasks` shows its last error)."""
     database, redis = await asyncio.gather(_database(resources), _redis(resources))
     if database.status == "up" and not resources.timescale.installed:
         # The database may have been down at start-up, or the extension added since.
@@ -108,9 +137,10 @@ async def ready(resources: AppResources) -> JSONResponse:
         info={"version": ts.version, "license": ts.license, "edition": ts.edition},
     )
     mqtt = _mqtt(resources)
+    tasks = _tasks(resources)
     if database.status == "down":
         overall: Literal["ready", "degraded", "unavailable"] = "unavailable"
-    elif "down" in (redis.status, mqtt.status):
+    elif "down" in (redis.status, mqtt.status) or any(t.status == "error" for t in tasks.values()):
         overall = "degraded"
     else:
         overall = "ready"
@@ -121,6 +151,7 @@ async def ready(resources: AppResources) -> JSONResponse:
         redis=redis,
         mqtt=mqtt,
         revocation_store="redis" if resources.revocations.kind == "redis" else "memory",
+        tasks=tasks,
     )
     return JSONResponse(
         body.model_dump(mode="json"), status_code=503 if overall == "unavailable" else 200

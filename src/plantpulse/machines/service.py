@@ -18,6 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import selectinload
 
+from plantpulse import db_errors
 from plantpulse.db import utcnow
 from plantpulse.errors import Conflict, InvalidInput, NotAuthenticated, NotFound
 from plantpulse.machines import security
@@ -118,6 +119,8 @@ async def create_machine(session: AsyncSession, *, data: MachineCreate) -> Machi
         async with session.begin_nested():
             session.add(machine)
     except IntegrityError as exc:
+        if not db_errors.is_unique_violation(exc):
+            raise  # another refusal (a CHECK, say) is not a name clash: errors.py answers it
         raise MachineExists(f"a machine named {data.name!r} or with this id exists") from exc
     return await get_machine_detail(session, machine.id)
 
@@ -214,6 +217,8 @@ async def update_machine(
             for name, value in changes.items():
                 setattr(machine, name, value)
     except IntegrityError as exc:
+        if not db_errors.is_unique_violation(exc):
+            raise
         raise MachineExists(f"a machine named {changes.get('name')!r} already exists") from exc
     return await get_machine_detail(session, machine_id)
 
@@ -432,6 +437,8 @@ async def create_group(session: AsyncSession, *, data: GroupCreate) -> MachineGr
         async with session.begin_nested():
             session.add(group)
     except IntegrityError as exc:
+        if not db_errors.is_unique_violation(exc):
+            raise
         raise GroupExists(f"a group named {data.name!r} already exists") from exc
     await _add_members(session, group.id, data.machine_ids)
     return await get_group(session, group.id)
@@ -478,6 +485,8 @@ async def update_group(
             for name, value in changes.items():
                 setattr(group, name, value)
     except IntegrityError as exc:
+        if not db_errors.is_unique_violation(exc):
+            raise
         raise GroupExists(f"a group named {changes.get('name')!r} already exists") from exc
     return await get_group(session, group_id)
 

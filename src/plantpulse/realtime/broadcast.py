@@ -20,6 +20,8 @@ import orjson
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from plantpulse.supervisor import Supervised, Supervisor
+
 log = logging.getLogger(__name__)
 
 MAX_PER_ROUND = 200
@@ -44,6 +46,7 @@ class Broadcast:
         on_message: Callable[[Any], None],
         on_connect: Callable[[], Awaitable[None]] | None = None,
         queue_size: int = 10_000,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.channel = channel
         self.origin = uuid.uuid4().hex
@@ -53,13 +56,15 @@ class Broadcast:
         self._on_message = on_message
         self._on_connect = on_connect
         self._outbox: asyncio.Queue[str] = asyncio.Queue(maxsize=queue_size)
-        self._tasks: list[asyncio.Task[None]] = []
+        # The process's supervisor (so /ready lists these tasks), or one of our own.
+        self._supervisor = supervisor or Supervisor()
+        self._tasks: list[Supervised] = []
         self._attempted = asyncio.Event()
 
     async def start(self) -> None:
         self._tasks = [
-            asyncio.create_task(self._listen(), name=f"broadcast-listen:{self.channel}"),
-            asyncio.create_task(self._send(), name=f"broadcast-send:{self.channel}"),
+            self._supervisor.spawn(f"redis-listen:{self.channel}", self._listen),
+            self._supervisor.spawn(f"redis-publish:{self.channel}", self._send),
         ]
         # Wait for the first subscription attempt, so events published right after start-up
         # reach the siblings; a Redis that is down (or slow) does not hold up start-up.
@@ -69,10 +74,7 @@ class Broadcast:
 
     async def stop(self) -> None:
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
         self._tasks = []
 
     def publish(self, payload: Any) -> None:

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import uuid
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from plantpulse.machines.connectivity import ConnectivityChange
 from plantpulse.realtime.broadcast import Broadcast
 from plantpulse.realtime.events import Event, dumps, machine_status_event, reading_bodies
 from plantpulse.state import Resources
+from plantpulse.supervisor import Supervised, Supervisor
 from plantpulse.telemetry.writer import CommittedBatch, StoredRow
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,16 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, settings: RealtimeSettings, *, redis: Redis | None, prefix: str) -> None:
+    def __init__(
+        self,
+        settings: RealtimeSettings,
+        *,
+        redis: Redis | None,
+        prefix: str,
+        supervisor: Supervisor | None = None,
+    ) -> None:
         self._settings = settings
+        self._supervisor = supervisor or Supervisor()
         self._redis = redis
         self._channel = f"{prefix}events"
         self._batches: asyncio.Queue[CommittedBatch] = asyncio.Queue(
@@ -110,7 +118,7 @@ class Hub:
         self._by_machine: dict[uuid.UUID, set[Subscriber]] = {}
         self._all: set[Subscriber] = set()
         self._broadcast: Broadcast | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: Supervised | None = None
         self.dropped_batches = 0
         self.published = 0
 
@@ -232,22 +240,30 @@ class Hub:
 
     async def start(self) -> None:
         if self._redis is not None:
-            self._broadcast = Broadcast(self._redis, self._channel, on_message=self._remote)
+            self._broadcast = Broadcast(
+                self._redis,
+                self._channel,
+                on_message=self._remote,
+                supervisor=self._supervisor,
+            )
             await self._broadcast.start()
-        self._task = asyncio.create_task(self._run(), name="realtime-hub")
+        self._task = self._supervisor.spawn("realtime-hub", self._run)
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task.stop()
         if self._broadcast is not None:
             await self._broadcast.stop()
 
 
 async def start_hub(resources: Resources, stack: AsyncExitStack) -> Hub:
     settings = resources.settings
-    hub = Hub(settings.realtime, redis=resources.redis, prefix=settings.redis.key_prefix)
+    hub = Hub(
+        settings.realtime,
+        redis=resources.redis,
+        prefix=settings.redis.key_prefix,
+        supervisor=resources.supervisor,
+    )
     await hub.start()
     stack.push_async_callback(hub.stop)
     resources.writer.listeners.append(hub.on_commit)

@@ -1,7 +1,8 @@
 """Live streams: `WS /api/v1/ws` and the same events as Server-Sent Events (`/api/v1/stream`).
 
 Close codes: 4401 token missing/invalid/expired/revoked, 4403 lacking telemetry:read,
-4408 the client could not keep up, 1013 the revocation store is unavailable (retry later).
+4408 the client could not keep up, 1013 the database or the revocation store is unavailable
+(retry later).
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from plantpulse.auth.permissions import Permission
 from plantpulse.auth.security import decode_token
 from plantpulse.db import DbSession
 from plantpulse.errors import (
+    DATABASE_ERRORS,
     InvalidInput,
     NotAuthenticated,
     PermissionDenied,
     ServiceUnavailable,
+    database_error,
     error_responses,
 )
 from plantpulse.realtime.hub import Subscriber, hub_of
@@ -91,6 +94,12 @@ async def _check(resources: Resources, token: str) -> Principal:
         raise _Close(CLOSE_UNAUTHENTICATED, exc.detail) from exc
     except ServiceUnavailable as exc:
         raise _Close(CLOSE_TRY_AGAIN, exc.detail) from exc
+    except DATABASE_ERRORS as exc:
+        # The HTTP routes answer an outage with 503; a socket is closed with "try again".
+        error = database_error(exc, where="live stream authentication")
+        if not isinstance(error, ServiceUnavailable):
+            raise
+        raise _Close(CLOSE_TRY_AGAIN, error.detail) from exc
     if not principal.can(Permission.telemetry_read):
         raise _Close(CLOSE_FORBIDDEN, "live streams need the 'telemetry:read' permission")
     return principal

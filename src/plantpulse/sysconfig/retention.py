@@ -12,6 +12,7 @@ import logging
 
 import asyncpg
 
+from plantpulse import db_errors
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.timescale import TimescaleInfo
 
@@ -67,6 +68,11 @@ async def retention_job(
                         "chunks" if timescale.installed else "readings",
                         days,
                     )
-            except (asyncpg.PostgresError, OSError) as exc:
+            except Exception as exc:
+                # An outage (including a connection that broke mid-operation, which asyncpg
+                # reports as InterfaceError) is retried next round; anything else goes to the
+                # supervisor, which logs the traceback, shows it in /ready and restarts us.
+                if not db_errors.is_transient(exc):
+                    raise
                 log.warning("retention job failed (%s); retrying later", exc)
         await asyncio.sleep(every_seconds)

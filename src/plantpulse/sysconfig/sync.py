@@ -9,7 +9,6 @@ Redis, every process re-reads the table every `sysconfig.reload_seconds`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 from contextlib import AsyncExitStack
@@ -19,6 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from plantpulse.realtime.broadcast import Broadcast
 from plantpulse.state import Resources
+from plantpulse.supervisor import Supervised
 from plantpulse.sysconfig import service
 from plantpulse.sysconfig.keys import KEYS
 from plantpulse.sysconfig.live import LiveConfig
@@ -35,7 +35,7 @@ class ConfigSync:
         # What the environment says, before anything from the database is applied.
         self.defaults: LiveConfig = dataclasses.replace(resources.live)
         self._broadcast: Broadcast | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[Supervised] = []
 
     @property
     def live(self) -> LiveConfig:
@@ -66,10 +66,19 @@ class ConfigSync:
         if key in KEYS:
             self.apply(key, KEYS[key].validate(value))
 
-    async def _reload_forever(self, every: float) -> None:
+    async def _reload_forever(self) -> None:
         while True:
-            await asyncio.sleep(every)
+            await asyncio.sleep(self._resources.settings.sysconfig.reload_seconds)
             await self.reload()
+
+    async def _retention_forever(self) -> None:
+        resources = self._resources
+        await retention_job(
+            resources.pg,
+            live=resources.live,
+            timescale=resources.timescale,
+            every_seconds=resources.settings.sysconfig.retention_check_seconds,
+        )
 
     async def start(self) -> None:
         await self.reload()
@@ -81,32 +90,19 @@ class ConfigSync:
                 f"{settings.redis.key_prefix}config",
                 on_message=self._remote,
                 on_connect=self.reload,
+                supervisor=resources.supervisor,
             )
             await self._broadcast.start()
         else:
-            self._tasks.append(
-                asyncio.create_task(self._reload_forever(settings.sysconfig.reload_seconds))
-            )
-        self._tasks.append(
-            asyncio.create_task(
-                retention_job(
-                    resources.pg,
-                    live=resources.live,
-                    timescale=resources.timescale,
-                    every_seconds=settings.sysconfig.retention_check_seconds,
-                ),
-                name="retention",
-            )
-        )
+            self._tasks.append(resources.supervisor.spawn("config-reload", self._reload_forever))
+        self._tasks.append(resources.supervisor.spawn("retention", self._retention_forever))
 
     async def stop(self) -> None:
         if self._broadcast is not None:
             await self._broadcast.stop()
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await task.stop()
+        self._tasks = []
 
 
 async def start_config_sync(resources: Resources, stack: AsyncExitStack) -> ConfigSync:

@@ -221,7 +221,7 @@ async def ingest_device(
 @router.get(
     "/machines/{machine_id}/telemetry",
     response_model=TelemetryPage,
-    responses=error_responses(401, 403, 404, 422, 503),
+    responses=error_responses(401, 403, 404, 422, 503, 507),
 )
 async def query_telemetry(
     machine_id: uuid.UUID,
@@ -500,7 +500,7 @@ def _stamp(moment: datetime) -> str:
             "row per line, as in the query API). Streamed: any range, constant memory.",
             "content": {"text/csv": {}, "application/x-ndjson": {}},
         },
-        **error_responses(401, 403, 404, 422, 503),
+        **error_responses(401, 403, 404, 422, 503, 507),
     },
 )
 async def export_telemetry(

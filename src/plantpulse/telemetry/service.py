@@ -17,7 +17,14 @@ from typing import Any
 
 import asyncpg
 
-from plantpulse.errors import InvalidInput, PayloadTooLarge, ServiceUnavailable
+from plantpulse.db_errors import is_database_error
+from plantpulse.errors import DatabaseUnavailable as DatabaseUnavailable  # re-exported
+from plantpulse.errors import (
+    InvalidInput,
+    PayloadTooLarge,
+    PlantPulseError,
+    database_error,
+)
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.telemetry import queries
 from plantpulse.telemetry.payloads import (
@@ -50,10 +57,6 @@ class InvalidQuery(InvalidInput):
 
 
 class TooManyReadings(PayloadTooLarge):
-    pass
-
-
-class DatabaseUnavailable(ServiceUnavailable):
     pass
 
 
@@ -99,19 +102,21 @@ class IngestOutcome:
 
 @asynccontextmanager
 async def database_errors() -> AsyncIterator[None]:
-    """Turn a database outage (or failure) into a 503 envelope instead of a 500."""
+    """Turn a database failure into what it means for the client (`errors.database_error`):
+    an outage is DatabaseUnavailable (503, `Retry-After`; a re-sent reading is stored once),
+    a value or change the database refuses is 422/409 with the reason, a resource limit 507.
+    Anything else escapes unchanged: a bug, answered 500 with a request id."""
     try:
         yield
-    except (asyncpg.DataError, ValueError):
-        # A value the database or its driver refuses (out of range, bad encoding) is a gap in
-        # our validation, not an outage: as a 503 clients would retry it forever.
+    except PlantPulseError:
         raise
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-        log.warning("telemetry database operation failed: %s: %s", type(exc).__name__, exc)
-        raise DatabaseUnavailable(
-            "the database is unavailable; nothing was stored, retry later",
-            headers={"Retry-After": "5"},
-        ) from exc
+    except Exception as exc:
+        if not is_database_error(exc):
+            raise
+        error = database_error(exc, where="telemetry")
+        if error is None:
+            raise
+        raise error from exc
 
 
 async def ingest(
