@@ -202,7 +202,8 @@ function onEvent(event) {
 const live = new Live({ onEvent, onOpen: () => {} });
 
 async function main() {
-  await shell();
+  // The cards first: the session check and the filter options must not delay them.
+  const user = shell();
   restoreFilters();
   live.start();
   const reload = () => {
@@ -228,7 +229,8 @@ async function main() {
   setInterval(() => {
     for (const entry of cards.values()) entry.seen.textContent = ago(entry.lastSeen);
   }, 10_000);
-  await Promise.all([load(), loadOptions().catch(failed)]);
+  await Promise.all([user, load()]);
+  await loadOptions().catch(failed);
 }
 
 main().catch(failed);

@@ -98,7 +98,8 @@ export async function shell() {
   const who = document.getElementById("who");
   if (who) who.textContent = `${user.username} (${user.role})`;
   applyPermissions(user);
-  alertCount();
+  // Not urgent: after the page's own first requests.
+  setTimeout(alertCount, 300);
   setInterval(alertCount, 30_000);
   return user;
 }
