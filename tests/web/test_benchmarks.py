@@ -143,6 +143,15 @@ class TestHistoryChart:
         page = browse.page
         await sign_in(page, dashboard, people[Role.operator], start=f"/app/machines/{machine}")
         await expect(page.locator("#history-info")).to_contain_text("points of")
+        await page.wait_for_load_state("networkidle")
+        first_view: dict[str, Any] = await page.evaluate(
+            """() => {
+              const all = [performance.getEntriesByType("navigation")[0],
+                           ...performance.getEntriesByType("resource")];
+              const transfer = all.reduce((s, r) => s + r.transferSize, 0);
+              return { transfer, requests: all.length };
+            }"""
+        )
         await page.get_by_role("button", name="30 d").click()
         await expect(page.locator("#history-info")).to_contain_text("points of 1h")
         await page.wait_for_function(
@@ -166,5 +175,9 @@ class TestHistoryChart:
                 "page points": page_path["points"],
                 "every 1-minute point through the same chart code": round(full["ms"], 1),
                 "points": full["points"],
+                "machine page after sign-in (24 h history, live chart): bytes transferred": first_view[
+                    "transfer"
+                ],
+                "machine page: requests": first_view["requests"],
             },
         )
