@@ -81,37 +81,37 @@ def _page(request: Request, template: str, *, title: str, nav: str, **context: A
     )
 
 
-@router.get("/", response_class=HTMLResponse)
+@router.api_route("/", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def fleet_page(request: Request) -> HTMLResponse:
     """Fleet overview: every machine with status, latest values and alerts, live."""
     return _page(request, "fleet.html", title="Fleet", nav="fleet")
 
 
-@router.get("/login", response_class=HTMLResponse)
+@router.api_route("/login", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def login_page(request: Request) -> HTMLResponse:
     """Sign in."""
     return _page(request, "login.html", title="Sign in", nav="login")
 
 
-@router.get("/machines/{machine_id}", response_class=HTMLResponse)
+@router.api_route("/machines/{machine_id}", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def machine_page(request: Request, machine_id: uuid.UUID) -> HTMLResponse:
     """One machine: live charts, history with downsampling, CSV export."""
     return _page(request, "machine.html", title="Machine", nav="fleet", machine_id=str(machine_id))
 
 
-@router.get("/alerts", response_class=HTMLResponse)
+@router.api_route("/alerts", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def alerts_page(request: Request) -> HTMLResponse:
     """Active and recent alerts, acknowledge with a comment, live."""
     return _page(request, "alerts.html", title="Alerts", nav="alerts")
 
 
-@router.get("/manage", response_class=HTMLResponse)
+@router.api_route("/manage", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def manage_page(request: Request) -> HTMLResponse:
     """Machines management (machines:write; delete with machines:delete)."""
     return _page(request, "manage.html", title="Machines", nav="manage")
 
 
-@router.get("/settings", response_class=HTMLResponse)
+@router.api_route("/settings", methods=["GET", "HEAD"], response_class=HTMLResponse)
 async def settings_page(request: Request) -> HTMLResponse:
     """Alert rules and system settings (config:write)."""
     return _page(request, "settings.html", title="Settings", nav="settings")

@@ -36,35 +36,50 @@ function ackCell(alert) {
   return h("td", {}, `yes, ${when(alert.acknowledged_at)}`, alert.ack_comment ? h("br") : null, alert.ack_comment ? `“${alert.ack_comment}”` : null);
 }
 
+const ACTIVE = ["Severity", "Machine", "Alert", "Value", "Raised", "Acknowledged", ""];
+const RECENT = ["Severity", "Machine", "Alert", "Value", "Raised", "Cleared", "Acknowledged"];
+
+/** Column names on the cells too: on a phone the table stacks and shows them. */
+function labelled(row, names) {
+  [...row.children].forEach((cell, i) => names[i] && cell.setAttribute("data-label", names[i]));
+  return row;
+}
+
 function activeRow(alert) {
   const action =
     !alert.acknowledged_at && can(user, "alerts:acknowledge")
       ? h("button", { type: "button", onclick: () => openAck(alert), text: "Acknowledge", "aria-label": `Acknowledge ${alert.message}` })
       : "";
-  return h(
-    "tr",
-    { dataset: { alertId: alert.id } },
-    h("td", {}, badge(alert.severity, `sev-${alert.severity}`)),
-    h("td", {}, machineLink(alert.machine_id)),
-    h("td", { text: alert.message }),
-    h("td", { text: fmt(alert.value) }),
-    h("td", { text: when(alert.raised_at) }),
-    ackCell(alert),
-    h("td", {}, action),
+  return labelled(
+    h(
+      "tr",
+      { dataset: { alertId: alert.id } },
+      h("td", {}, badge(alert.severity, `sev-${alert.severity}`)),
+      h("td", {}, machineLink(alert.machine_id)),
+      h("td", { text: alert.message }),
+      h("td", { text: fmt(alert.value) }),
+      h("td", { text: when(alert.raised_at) }),
+      ackCell(alert),
+      h("td", {}, action),
+    ),
+    ACTIVE,
   );
 }
 
 function recentRow(alert) {
-  return h(
-    "tr",
-    { dataset: { alertId: alert.id } },
-    h("td", {}, badge(alert.severity, `sev-${alert.severity}`)),
-    h("td", {}, machineLink(alert.machine_id)),
-    h("td", { text: alert.message }),
-    h("td", { text: fmt(alert.value) }),
-    h("td", { text: when(alert.raised_at) }),
-    h("td", { text: when(alert.cleared_at) }),
-    ackCell(alert),
+  return labelled(
+    h(
+      "tr",
+      { dataset: { alertId: alert.id } },
+      h("td", {}, badge(alert.severity, `sev-${alert.severity}`)),
+      h("td", {}, machineLink(alert.machine_id)),
+      h("td", { text: alert.message }),
+      h("td", { text: fmt(alert.value) }),
+      h("td", { text: when(alert.raised_at) }),
+      h("td", { text: when(alert.cleared_at) }),
+      ackCell(alert),
+    ),
+    RECENT,
   );
 }
 

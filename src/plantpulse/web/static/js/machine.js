@@ -305,7 +305,10 @@ const stream = new Live({ onEvent, onOpen: () => opened++ && loadLive().catch(fa
 async function main() {
   user = await shell();
   const [, metrics, latest] = await Promise.all([
-    loadMachine(),
+    loadMachine().catch((error) => {
+      if (error.status === 404) document.getElementById("machine-name").textContent = "No such machine";
+      throw error;
+    }),
     api(`/api/v1/machines/${machineId}/metrics`),
     api(`/api/v1/machines/${machineId}/telemetry/latest`),
   ]);
