@@ -17,7 +17,7 @@ from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from tests.conftest import MachineFactory
 from tests.web.conftest import Browsing, Dashboard, record_benchmark, sign_in
-from tests.web.test_dashboard import ingest_minutes
+from tests.web.test_dashboard import following, ingest_minutes
 
 FIRST_VIEW = """() => {
   const nav = performance.getEntriesByType("navigation")[0];
@@ -204,6 +204,7 @@ class TestBigFleet:
         )
         await expect(page.locator("#fleet")).to_have_attribute("aria-busy", "false")
         visible = machines[:48]  # sorted by name
+        await following(page, visible[-1])
         await page.evaluate(
             """() => {
               window.longTasks = [];

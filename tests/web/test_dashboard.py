@@ -51,6 +51,15 @@ async def live_marks(page: Page, name: str) -> list[dict[str, Any]]:
     return marks
 
 
+async def following(page: Page, machine: uuid.UUID | None = None) -> None:
+    """Until the page's socket is subscribed to the machine (None: to every machine)."""
+    await page.wait_for_function(
+        """(id) => performance.getEntriesByName("pp-live-subscribed").some(
+            (m) => id === null ? m.detail.all : m.detail.machine_ids.includes(id))""",
+        arg=None if machine is None else str(machine),
+    )
+
+
 async def ws_to_screen_ms(page: Page, stamp: str) -> float:
     """D3: from the reading's WebSocket event to the frame that shows it."""
 
@@ -140,10 +149,7 @@ class TestLiveReadings:
         await expect(page.get_by_role("listitem")).to_have_count(1)
         # The card follows the machine once the socket is subscribed.
         await expect(page.locator("#fleet")).to_have_attribute("aria-busy", "false")
-        await page.wait_for_function(
-            "() => performance.getEntriesByName('pp-fleet-rendered').length > 0"
-        )
-        await asyncio.sleep(0.3)
+        await following(page, machine)
 
         stamp = await publish(dashboard, machine, temperature=71.25, pressure=2.5)
         await expect(card.locator("dd[data-metric=temperature]")).to_have_text("71.25")
@@ -154,7 +160,7 @@ class TestLiveReadings:
         await expect(page.get_by_role("heading", name=name)).to_be_visible()
         chart = page.get_by_role("img", name="temperature, live")
         await expect(chart.locator("canvas")).to_be_visible()
-        await asyncio.sleep(0.5)
+        await following(page, machine)
         stamp = await publish(dashboard, machine, temperature=73.5)
         await expect(page.locator("#latest dd[data-metric=temperature]")).to_have_text("73.5")
         machine_ms = await ws_to_screen_ms(page, stamp)
@@ -191,7 +197,7 @@ class TestAlerts:
         page = browse.page
         await sign_in(page, dashboard, people[Role.operator], start="/app/alerts")
         await expect(page.get_by_role("heading", name="Active")).to_be_visible()
-        await asyncio.sleep(0.5)  # subscribed to the alerts stream
+        await following(page)
 
         await publish(dashboard, machine, temperature=95.5)
         row = page.locator("#active-alerts tr").filter(has_text=name)

@@ -51,6 +51,11 @@ export class Live {
         this.onOpen();
         return;
       }
+      if (event.type === "subscribed") {
+        // What the server now sends this page (tests wait for it instead of sleeping).
+        mark("pp-live-subscribed", { all: event.all, machine_ids: event.machine_ids });
+        return;
+      }
       this.onEvent(event);
     });
     ws.addEventListener("close", async (close) => {
