@@ -42,6 +42,7 @@ from plantpulse.sysconfig.sync import start_config_sync
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.router import router as telemetry_router
 from plantpulse.telemetry.writer import BatchWriter
+from plantpulse.web import install_dashboard
 
 log = logging.getLogger("plantpulse")
 
@@ -202,4 +203,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rules_router)
     app.include_router(alerts_router)
     app.include_router(telemetry_router)
+    install_dashboard(app)
     return app

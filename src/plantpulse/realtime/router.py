@@ -122,7 +122,10 @@ def _error(sub: Subscriber, code: str, detail: str, ref: Any = None) -> None:
 
 def _subscribed(sub: Subscriber, ref: Any) -> None:
     ids = sorted(str(m) for m in sub.machine_ids)
-    _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids)
+    if sub.types is None:
+        _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids)
+    else:
+        _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids, types=sorted(sub.types))
 
 
 async def _first_token(websocket: WebSocket, wait_seconds: float) -> str:
@@ -169,7 +172,7 @@ async def _receive(
             sub.subscribe(known)
             _subscribed(sub, ref)
         elif isinstance(parsed, SubscribeAllMessage):
-            sub.subscribe_all()
+            sub.subscribe_all(parsed.types)
             _subscribed(sub, ref)
         elif isinstance(parsed, UnsubscribeMessage):
             sub.unsubscribe(parsed.machine_ids)
