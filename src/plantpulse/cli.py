@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import copy
 import importlib
 import os
 import secrets
@@ -44,29 +43,10 @@ def _alembic_config(url: str | None = None) -> object:
     raise FileNotFoundError("alembic.ini not found (run from the project directory)")
 
 
-def _log_config(level: str) -> dict[str, object]:
-    """uvicorn's logging plus our own `plantpulse.*` loggers on the same handler."""
-    from uvicorn.config import LOGGING_CONFIG
-
-    config = copy.deepcopy(LOGGING_CONFIG)
-    config["formatters"]["plantpulse"] = {
-        "format": "%(asctime)s %(levelname)s %(name)s: %(message)s",
-    }
-    config["handlers"]["plantpulse"] = {
-        "formatter": "plantpulse",
-        "class": "logging.StreamHandler",
-        "stream": "ext://sys.stderr",
-    }
-    config["loggers"]["plantpulse"] = {
-        "handlers": ["plantpulse"],
-        "level": level,
-        "propagate": False,
-    }
-    return config
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
+    from plantpulse.logs import log_config
 
     try:
         settings = _load_settings()
@@ -80,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         log_level=log_level.lower(),
-        log_config=_log_config(log_level),
+        log_config=log_config(log_level),
         proxy_headers=True,
         ws_per_message_deflate=bool(getattr(realtime, "ws_per_message_deflate", False)),
         # Give the ingest task time to flush and acknowledge what it holds.

@@ -58,7 +58,8 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     207: {
         "model": IngestResult,
         "description": "Some readings were accepted, some rejected: `rejected_items` says "
-        "where and why",
+        "where and why. A request holds one value per machine, metric and time: later ones "
+        "(e.g. readings without timestamps, which all take the same time) are rejected",
     },
     **error_responses(400, 401, 403, 404, 503),
     413: {
