@@ -101,7 +101,7 @@ def decode_float32(value: Any, byte_order: str) -> float:
         raise ValueError(f"value must be a list of 4 bytes (got {size})")
     for byte in value:
         if type(byte) is not int or not 0 <= byte <= 255:
-            raise ValueError(f"byte {str(byte)[:20]!r} is not an integer in 0..255")
+            raise ValueError(f"byte {str(byte)[:20]} is not an integer in 0..255")
     (number,) = struct.unpack("<f" if byte_order == "little" else ">f", bytes(value))
     if not math.isfinite(number):
         raise ValueError(f"the bytes decode to {number}, which cannot be stored")

@@ -220,11 +220,16 @@ class PullResult:
 
 
 def _chunks(parsed: Parsed, size: int) -> list[Parsed]:
-    """The rows in batches the ingest path accepts (it refuses more than `size` at once)."""
+    """The rows in batches the ingest path accepts (it refuses more than `size` at once);
+    the decoder's rejections ride with the first, as ingest reports them back."""
     if len(parsed.rows) <= size:
         return [parsed]
     return [
-        Parsed(rows=parsed.rows[i : i + size], forced_invalid=parsed.forced_invalid)
+        Parsed(
+            rows=parsed.rows[i : i + size],
+            rejected=parsed.rejected if i == 0 else [],
+            forced_invalid=parsed.forced_invalid,
+        )
         for i in range(0, len(parsed.rows), size)
     ]
 
@@ -276,7 +281,6 @@ async def pull(
         )
         result.points = decoded.points
         result.invalid = decoded.invalid
-        result.rejections.extend(decoded.parsed.rejected)
         for chunk in _chunks(decoded.parsed, max_readings):
             outcome = await store(chunk)
             result.stored += outcome.stored
