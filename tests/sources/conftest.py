@@ -17,6 +17,7 @@ from plantpulse.config import Settings, SourcesSettings
 from plantpulse.db import get_db_session
 from plantpulse.sources.poller import SourcePoller, poller_of
 from plantpulse.state import Resources
+from tests.live import eventually
 from tests.sources.fake_server import FakeSource
 
 
@@ -107,4 +108,13 @@ async def committed_source(pg_pool: asyncpg.Pool) -> AsyncIterator[SourceFactory
 
     yield factory
     if created:
+        # Let polls in flight finish first: a run or readings must not outlive their source.
+        await pg_pool.execute("UPDATE sources SET enabled = false WHERE id = ANY($1)", created)
+        await eventually(
+            lambda: pg_pool.fetchval(
+                "SELECT count(*) = 0 FROM sources WHERE id = ANY($1) AND lease_until > now()",
+                created,
+            ),
+            seconds=15,
+        )
         await pg_pool.execute("DELETE FROM sources WHERE id = ANY($1::uuid[])", created)

@@ -315,7 +315,10 @@ async def record_run(
     result: PullResult,
     settings: SourcesSettings,
 ) -> SourceRun:
-    """Store the run; a scheduled run also releases the lease and sets the next poll."""
+    """Store the run; a scheduled run also releases the lease and sets the next poll.
+
+    A source deleted while it was being polled gets no run (there is nothing to attach it to)."""
+    source = await session.scalar(select(Source).where(Source.id == source_id).with_for_update())
     run = SourceRun(
         id=uuid.uuid4(),
         source_id=source_id,
@@ -335,24 +338,24 @@ async def record_run(
         ],
         error=result.error,
     )
+    if source is None:
+        return run
     session.add(run)
-    source = await session.scalar(select(Source).where(Source.id == source_id).with_for_update())
-    if source is not None:
-        failed = result.error is not None
-        source.consecutive_failures = source.consecutive_failures + 1 if failed else 0
-        if trigger == "schedule":
-            source.lease_until = None
-            if source.interval_seconds is not None:
-                delay = (
-                    backoff_seconds(
-                        source.consecutive_failures,
-                        interval=source.interval_seconds,
-                        maximum=settings.max_backoff_seconds,
-                    )
-                    if failed
-                    else source.interval_seconds
+    failed = result.error is not None
+    source.consecutive_failures = source.consecutive_failures + 1 if failed else 0
+    if trigger == "schedule":
+        source.lease_until = None
+        if source.interval_seconds is not None:
+            delay = (
+                backoff_seconds(
+                    source.consecutive_failures,
+                    interval=source.interval_seconds,
+                    maximum=settings.max_backoff_seconds,
                 )
-                source.next_poll_at = datetime.now(UTC) + timedelta(seconds=delay)
+                if failed
+                else source.interval_seconds
+            )
+            source.next_poll_at = datetime.now(UTC) + timedelta(seconds=delay)
     await session.flush()
     keep = (
         select(SourceRun.id)
