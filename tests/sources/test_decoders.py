@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import uuid
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +24,13 @@ def run(body: object, spec: DecoderSpec = FLOAT32, bad_tags: list[str] | None = 
 class TestFloat32:
     def test_little_endian_is_the_default(self) -> None:
         assert decode_float32([157, 42, 76, 190], "little") == pytest.approx(-0.19938, abs=1e-5)
+
+    def test_the_shortest_decimal_of_the_same_float32_is_stored(self) -> None:
+        value = decode_float32([157, 42, 76, 190], "little")
+        assert value == -0.1993813
+        assert list(struct.pack("<f", value)) == [157, 42, 76, 190]
+        assert decode_float32(list(struct.pack("<f", 43.707)), "little") == 43.707
+        assert decode_float32(list(struct.pack(">f", 1e-40)), "big") == pytest.approx(1e-40)
 
     def test_big_endian(self) -> None:
         assert decode_float32([157, 42, 76, 190], "big") == pytest.approx(-2.2525e-21, rel=1e-3)

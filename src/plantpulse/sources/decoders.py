@@ -7,8 +7,10 @@ a value and optional tags.
 - `bytes-float32`: the value is a list of 4 bytes (0..255) holding an IEEE-754 float32. Byte
   order is configurable; little-endian is the default because the systems we replace send the
   bytes as an x86/ARM memory dump: `[157, 42, 76, 190]` is -0.1994 little-endian, -2.25e-21
-  big-endian. A wrong length, a byte outside 0..255 or a NaN/infinity is *rejected* (listed in
-  the run with its location and reason, not stored): there is no number to store.
+  big-endian. The value is stored as the shortest decimal that is the same float32
+  (-0.1993813, not -0.19938130676746368). A wrong length, a byte outside 0..255 or a
+  NaN/infinity is *rejected* (listed in the run with its location and reason, not stored):
+  there is no number to store.
 - `json`: one or more values per point, each at its own path, each stored under its metric.
 
 Validity: with `bad_tags` None any tag marks the point invalid; with a list, only those tags
@@ -102,10 +104,22 @@ def decode_float32(value: Any, byte_order: str) -> float:
     for byte in value:
         if type(byte) is not int or not 0 <= byte <= 255:
             raise ValueError(f"byte {str(byte)[:20]} is not an integer in 0..255")
-    (number,) = struct.unpack("<f" if byte_order == "little" else ">f", bytes(value))
+    packed = bytes(value)
+    fmt = "<f" if byte_order == "little" else ">f"
+    (number,) = struct.unpack(fmt, packed)
     if not math.isfinite(number):
         raise ValueError(f"the bytes decode to {number}, which cannot be stored")
-    return float(number)
+    return shortest_float32(number, packed, fmt)
+
+
+def shortest_float32(number: float, packed: bytes, fmt: str) -> float:
+    """The shortest decimal that is the same float32: the sensor's 43.707, not its double
+    expansion 43.707000732421875 (both are the same 4 bytes; 9 digits always round-trip)."""
+    for digits in range(6, 9):
+        candidate = float(f"{number:.{digits}g}")
+        if struct.pack(fmt, candidate) == packed:
+            return candidate
+    return float(f"{number:.9g}")
 
 
 def _timestamp(value: Any, clock: Clock) -> datetime:
