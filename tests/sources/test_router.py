@@ -265,6 +265,33 @@ class TestFailures:
         assert "Authorization" not in fake_source.requests_to(other)[0].headers
 
 
+class TestConcurrentPolls:
+    async def test_a_manual_poll_is_refused_while_a_scheduled_one_holds_the_lease(
+        self,
+        committed_machine: MachineFactory,
+        sclient: AsyncClient,
+        manager: dict[str, str],
+        fake_source: FakeSource,
+        db: Any,
+    ) -> None:
+        from sqlalchemy import text
+
+        machine = await committed_machine()
+        path = unique_path("leased")
+        fake_source.answers[path] = Answer.json([])
+        source = await create(sclient, manager, machine, fake_source.url(path))
+        await db.execute(
+            text("UPDATE sources SET lease_until = now() + interval '1 minute' WHERE id = :id"),
+            {"id": source["id"]},
+        )
+        response = await sclient.post(f"{SOURCES}/{source['id']}/poll", headers=manager)
+        assert response.status_code == 409, response.text
+        assert response.json()["error"] == "PollInProgress"
+        assert fake_source.requests_to(path) == []
+        missing = await sclient.post(f"{SOURCES}/{uuid.uuid4()}/poll", headers=manager)
+        assert missing.status_code == 404
+
+
 class TestSecrets:
     async def test_header_values_are_sent_encrypted_at_rest_and_never_returned(
         self,
