@@ -12,6 +12,7 @@ or another manual poll is active.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -33,8 +34,8 @@ from plantpulse.config import SourcesSettings
 from plantpulse.errors import Conflict, InvalidInput, NotFound, PlantPulseError
 from plantpulse.machines import service as machines
 from plantpulse.sources.crypto import HeaderCipher, SecretsUnreadable
-from plantpulse.sources.decoders import decode
-from plantpulse.sources.fetch import FetchFailed, fetch
+from plantpulse.sources.decoders import Decoded, decode
+from plantpulse.sources.fetch import Fetched, FetchFailed, fetch
 from plantpulse.sources.guard import AddressRefused, check_literal
 from plantpulse.sources.models import Source, SourceRun
 from plantpulse.sources.schemas import DecoderConfig, SourceCreate, SourceUpdate
@@ -234,6 +235,28 @@ def _chunks(parsed: Parsed, size: int) -> list[Parsed]:
     ]
 
 
+def _decode_body(
+    fetched: Fetched,
+    decoder: dict[str, Any],
+    *,
+    machine_id: uuid.UUID,
+    metric: str,
+    bad_tags: list[str] | None,
+    clock: Clock,
+) -> Decoded:
+    try:
+        body = orjson.loads(fetched.body)
+    except orjson.JSONDecodeError:
+        excerpt = fetched.body[:80].decode(errors="replace")
+        raise FetchFailed(
+            f"the response is not JSON (content-type {fetched.content_type or 'none'!r}, "
+            f"starts with {excerpt!r})",
+            http_status=fetched.status,
+        ) from None
+    spec = _DECODER.validate_python(decoder).spec()
+    return decode(body, spec, machine_id=machine_id, metric=metric, bad_tags=bad_tags, clock=clock)
+
+
 async def pull(
     source: Source,
     *,
@@ -261,19 +284,12 @@ async def pull(
             max_redirects=settings.max_redirects,
         )
         result.http_status = fetched.status
-        try:
-            body = orjson.loads(fetched.body)
-        except orjson.JSONDecodeError:
-            excerpt = fetched.body[:80].decode(errors="replace")
-            raise FetchFailed(
-                f"the response is not JSON (content-type {fetched.content_type or 'none'!r}, "
-                f"starts with {excerpt!r})",
-                http_status=fetched.status,
-            ) from None
-        spec = _DECODER.validate_python(source.decoder).spec()
-        decoded = decode(
-            body,
-            spec,
+        # Up to max_body_bytes of JSON to parse and decode: off the event loop, so ingest and
+        # the API keep their latency while a large answer is worked through.
+        decoded = await asyncio.to_thread(
+            _decode_body,
+            fetched,
+            source.decoder,
             machine_id=source.machine_id,
             metric=source.metric,
             bad_tags=source.bad_tags,
