@@ -162,6 +162,13 @@ class SourcesSettings(BaseModel):
 
     _optional = field_validator("secret_key", mode="before")(_empty_is_none)
 
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("PLANTPULSE_SOURCES__SECRET_KEY must be at least 16 characters")
+        return value
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(

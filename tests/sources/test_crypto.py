@@ -32,3 +32,8 @@ def test_another_key_cannot_read_them_and_says_so() -> None:
     token = HeaderCipher.from_settings(settings("a" * 32)).encrypt({"X": "1"})
     with pytest.raises(SecretsUnreadable, match="set the headers again"):
         HeaderCipher.from_settings(settings("b" * 32)).decrypt(token)
+
+
+def test_a_short_dedicated_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        SourcesSettings(secret_key=SecretStr("short"))
