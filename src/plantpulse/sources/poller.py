@@ -79,7 +79,14 @@ class SourcePoller:
         """One scheduler round: claim due sources, poll them, record the runs."""
         async with self._resources.sessionmaker() as session, session.begin():
             claimed = await service.claim_due(session, limit=self.settings.max_concurrent_polls)
-        await asyncio.gather(*(self._poll_claimed(source) for source in claimed))
+        # Every poll runs to its end even if another one fails; then the first error goes on
+        # to the supervisor.
+        outcomes = await asyncio.gather(
+            *(self._poll_claimed(source) for source in claimed), return_exceptions=True
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return len(claimed)
 
     async def _poll_claimed(self, source: Source) -> None:
