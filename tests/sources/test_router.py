@@ -7,6 +7,7 @@ import asyncpg
 import pytest
 from httpx import AsyncClient
 
+from plantpulse.telemetry.writer import CommittedBatch
 from tests.conftest import MachineFactory
 from tests.sources.fake_server import Answer, FakeSource
 
@@ -150,6 +151,35 @@ class TestPopulate:
         everything = await sclient.get(query + "&include_invalid=true", headers=manager)
         items = everything.json()["items"]
         assert [i["valid"]["level"] for i in items] == [False, True]  # newest first
+
+    async def test_pulled_readings_reach_the_writer_listeners_like_any_ingest(
+        self,
+        committed_machine: MachineFactory,
+        sclient: AsyncClient,
+        manager: dict[str, str],
+        fake_source: FakeSource,
+        sources_app: Any,
+    ) -> None:
+        # The listeners are what feeds live events, the cache and alerts.
+        writer = sources_app[1]._state["resources"].writer
+        heard: list[CommittedBatch] = []
+        writer.listeners.append(heard.append)
+        try:
+            machine = await committed_machine()
+            path = unique_path("listeners")
+            fake_source.answers[path] = Answer.json(
+                [{"time": T, "value": ONE, "tags": ["x"]}, {"time": T + 1, "value": ONE}]
+            )
+            source = await create(sclient, manager, machine, fake_source.url(path))
+            await poll(sclient, manager, source["id"])
+        finally:
+            writer.listeners.remove(heard.append)
+        [batch] = [b for b in heard if b.rows and b.rows[0][1] == machine]
+        assert batch.source == "http-source"
+        assert [(r[2], r[3], r[4]) for r in batch.rows] == [
+            ("level", 1.0, False),
+            ("level", 1.0, True),
+        ]
 
     async def test_json_decoder_with_paths(
         self,
