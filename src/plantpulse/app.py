@@ -35,6 +35,8 @@ from plantpulse.machines.router import router as machines_router
 from plantpulse.middleware import BodySizeLimit
 from plantpulse.realtime.hub import start_hub
 from plantpulse.realtime.router import router as realtime_router
+from plantpulse.sources.poller import start_sources
+from plantpulse.sources.router import router as sources_router
 from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.sysconfig.router import router as config_router
@@ -128,6 +130,7 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         await start_config_sync(resources, stack)
         await start_hub(resources, stack)
         await start_alerts(resources, stack)
+        await start_sources(resources, stack)
         if settings.mqtt.enabled:
             # Entered last, so it stops first: flush and acknowledge while the pool is open.
             await stack.enter_async_context(MqttIngest(resources).running())
@@ -203,5 +206,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(rules_router)
     app.include_router(alerts_router)
     app.include_router(telemetry_router)
+    app.include_router(sources_router)
     install_dashboard(app)
     return app

@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
     from plantpulse.ingest.simulate import add_arguments
 
     simulate = sub.add_parser(
-        "simulate", help="publish realistic machine telemetry to an MQTT broker"
+        "simulate",
+        help="publish realistic machine telemetry to an MQTT broker (or --serve-source: serve "
+        "it over HTTP for a source to pull)",
     )
     add_arguments(simulate)
     simulate.set_defaults(func=cmd_simulate)

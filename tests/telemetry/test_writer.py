@@ -74,6 +74,24 @@ class TestBatchWriter:
         await writer.write(rows, source="test")
         assert [r[3] for r in await stored(pg_pool, machine)] == [False, True, True, False]
 
+    async def test_rows_the_sender_marked_invalid_are_stored_invalid_on_both_paths(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        # A pulled source's bad tags (sources/decoders.py): invalid whatever the value.
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [(T0 + timedelta(seconds=i), machine, "temp", 1.0) for i in range(3)]
+        forced = {(T0 + timedelta(seconds=1), machine, "temp")}
+        heard: list[CommittedBatch] = []
+        writer.listeners.append(heard.append)
+        await writer.write(rows, source="test", forced_invalid=forced)  # copied
+        more = [*rows, (T0 + timedelta(seconds=3), machine, "temp", 1.0)]
+        forced.add((T0 + timedelta(seconds=3), machine, "temp"))
+        await writer.write(more, source="test", forced_invalid=forced)  # staged
+        assert [r[3] for r in await stored(pg_pool, machine)] == [True, False, True, False]
+        assert [r[4] for r in heard[0].rows] == [True, False, True]
+
     async def test_listeners_hear_only_committed_batches(
         self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
     ) -> None:

@@ -64,6 +64,9 @@ class Rejection:
 class Parsed:
     rows: list[Row] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # (time, machine_id, metric) of rows the sender marked invalid (a pulled source's tags):
+    # stored with valid=false whatever their value. Empty for devices.
+    forced_invalid: set[tuple[datetime, uuid.UUID, str]] = field(default_factory=set)
 
     def reject(self, where: str, reason: str) -> None:
         self.rejected.append(Rejection(where, reason))

@@ -78,7 +78,7 @@ async def keep_known_machines(
     if auto_register:
         await catalog.register(unknown)
         return parsed
-    result = Parsed(rejected=list(parsed.rejected))
+    result = Parsed(rejected=list(parsed.rejected), forced_invalid=parsed.forced_invalid)
     for row in parsed.rows:
         if row[1] in unknown:
             continue
@@ -140,7 +140,7 @@ async def ingest(
         kept = await keep_known_machines(catalog, parsed, auto_register=auto_register)
         if not kept.rows:
             return IngestOutcome(accepted=0, duplicates=0, rejected=kept.rejected)
-        result = await writer.write(kept.rows, source=source)
+        result = await writer.write(kept.rows, source=source, forced_invalid=kept.forced_invalid)
     return IngestOutcome(
         accepted=result.received, duplicates=result.duplicates, rejected=kept.rejected
     )

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,7 +80,9 @@ class BatchWriter:
         # Called after each commit; must not block (put on a queue, publish, return).
         self.listeners: list[Listener] = []
 
-    def _validate(self, rows: Sequence[Row]) -> tuple[list[StoredRow], set[tuple[uuid.UUID, str]]]:
+    def _validate(
+        self, rows: Sequence[Row], forced_invalid: Collection[tuple[datetime, uuid.UUID, str]]
+    ) -> tuple[list[StoredRow], set[tuple[uuid.UUID, str]]]:
         stored: list[StoredRow] = []
         new_metrics: set[tuple[uuid.UUID, str]] = set()
         metrics_of = self._catalog.metrics
@@ -92,6 +94,8 @@ class BatchWriter:
                 limits = (None, None)
             low, high = limits
             valid = (low is None or value >= low) and (high is None or value <= high)
+            if forced_invalid and (t, machine_id, metric) in forced_invalid:
+                valid = False
             stored.append((t, machine_id, metric, value, valid))
         return stored, new_metrics
 
@@ -103,12 +107,21 @@ class BatchWriter:
                 due.append(machine_id)
         return due
 
-    async def write(self, rows: Sequence[Row], *, source: str) -> WriteResult:
+    async def write(
+        self,
+        rows: Sequence[Row],
+        *,
+        source: str,
+        forced_invalid: Collection[tuple[datetime, uuid.UUID, str]] = (),
+    ) -> WriteResult:
         """Store rows of known machines; returns how many were new. Raises on database errors
-        (the caller keeps the batch and retries; nothing is acknowledged meanwhile)."""
+        (the caller keeps the batch and retries; nothing is acknowledged meanwhile).
+
+        A row whose (time, machine_id, metric) is in `forced_invalid` is stored with
+        valid=false even inside its metric's plausible range (a pulled source's bad tags)."""
         if not rows:
             return WriteResult(0, 0)
-        stored, new_metrics = self._validate(rows)
+        stored, new_metrics = self._validate(rows, forced_invalid)
         due = self._due_last_seen(rows)
         inserted: int | None = None
         async with self._pool.acquire() as conn:
