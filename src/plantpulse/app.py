@@ -20,6 +20,7 @@ from swagger_ui_bundle import swagger_ui_path
 from plantpulse import __version__, timescale
 from plantpulse.alerts.evaluator import start_alerts
 from plantpulse.alerts.router import alerts_router, rules_router
+from plantpulse.auth.principals import PrincipalCache
 from plantpulse.auth.revocation import MemoryRevocationStore, RedisRevocationStore, RevocationStore
 from plantpulse.auth.router import router as auth_router
 from plantpulse.auth.router import users_router
@@ -105,12 +106,18 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             revocations = RedisRevocationStore(redis, settings.redis.key_prefix)
         else:
             log.warning("no Redis configured: token revocations are kept in this process only")
+        principals = PrincipalCache(
+            redis, settings.redis.key_prefix, seconds=settings.auth.principal_cache_seconds
+        )
+        await principals.start()
+        stack.push_async_callback(principals.stop)
         resources = Resources(
             settings=settings,
             engine=engine,
             sessionmaker=make_sessionmaker(engine),
             redis=redis,
             revocations=revocations,
+            principals=principals,
             timescale=timescale.TimescaleInfo(version=None, license=None),
             pg=pg,
             catalog=catalog,

@@ -15,6 +15,7 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -181,18 +182,23 @@ async def _main(args: argparse.Namespace) -> int:
                     _measure, port, "/health", "", args.seconds, args.connections
                 )
             )
+            spy = _start_profile(args.profile, process.pid, args.seconds) if run == 0 else None
             ours.append(
                 await asyncio.to_thread(
                     _measure, port, latest, token, args.seconds, args.connections
                 )
             )
+            if spy is not None:
+                spy.wait(60)
+                print(profile_summary(Path(args.profile)))
             print(
                 f"    run {run + 1}: /health {health[-1]['rps']:,.0f} req/s, latest "
                 f"{ours[-1]['rps']:,.0f} req/s p99 {ours[-1]['p99_ms']:.1f} ms",
                 flush=True,
             )
         section = _report(args, health, ours)
-        _write(Path(args.output), section)
+        if _write(args.output, section):
+            print(f"==> wrote {args.output}")
         print(section)
         return 0
     finally:
@@ -202,6 +208,58 @@ async def _main(args: argparse.Namespace) -> int:
         log.close()
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         await admin.close()
+
+
+def _start_profile(path: str | None, pid: int, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy on the service for one measurement (raw collapsed stacks when `path` is .txt)."""
+    if not path:
+        return None
+    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(  # noqa: S603 - py-spy from the venv
+        [
+            py_spy, "record", "--pid", str(pid), "--duration", str(int(seconds)),
+            "--rate", "250", "--nonblocking", "--output", path,
+            "--format", "raw" if path.endswith(".txt") else "flamegraph",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def profile_summary(path: Path, top: int = 15) -> str:
+    """The top frames of a raw py-spy profile: by own time and inclusive (PlantPulse code)."""
+    if path.suffix != ".txt" or not path.exists():
+        return f"profile: {path}"
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [
+            f.split(" (")[0] + " (" + f.split(" (")[-1].split(":")[0].rsplit("/", 1)[-1] + ")"
+            if " (" in f
+            else f
+            for f in stack.split(";")
+        ]
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return "profile: empty"
+    lines = [f"{total} samples", "", "| own % | frame |", "|---|---|"]
+    for frame, count in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"| {100 * count / total:.1f} | `{frame}` |")
+    lines += ["", "| inclusive % | frame |", "|---|---|"]
+    ranked = sorted(inclusive.items(), key=lambda kv: -kv[1])
+    for frame, count in [kv for kv in ranked if not kv[0].startswith(("<module>", "run ("))][
+        : top * 2
+    ]:
+        lines.append(f"| {100 * count / total:.1f} | `{frame}` |")
+    return "\n".join(lines)
 
 
 def _median(results: list[dict[str, Any]], key: str) -> float:
@@ -246,7 +304,11 @@ def _report(
     )
 
 
-def _write(path: Path, section: str) -> None:
+def _write(output: str, section: str) -> bool:
+    """Replace this benchmark's section of `output` (or append it); '' writes nothing."""
+    if not output:
+        return False
+    path = Path(output)
     text = path.read_text() if path.exists() else "# PlantPulse benchmarks\n\n"
     if MARK_START in text and MARK_END in text:
         head, rest = text.split(MARK_START, 1)
@@ -254,6 +316,7 @@ def _write(path: Path, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     path.write_text(text)
+    return True
 
 
 def run(args: argparse.Namespace) -> int:
@@ -267,7 +330,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--connections", type=int, default=32)
-    parser.add_argument("--output", default="docs/benchmarks.md")
+    parser.add_argument("--output", default="docs/benchmarks.md", help="'' to not write")
+    parser.add_argument(
+        "--profile",
+        help="py-spy profile of the service during the first P4 run (.txt: raw, summarised)",
+    )
     parser.add_argument(
         "--log", default=str(Path(tempfile.gettempdir()) / "plantpulse-bench-api.log")
     )
