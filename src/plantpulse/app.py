@@ -107,7 +107,9 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         else:
             log.warning("no Redis configured: token revocations are kept in this process only")
         principals = PrincipalCache(
-            redis, settings.redis.key_prefix, seconds=settings.auth.principal_cache_seconds
+            settings.redis.url,
+            settings.redis.key_prefix,
+            seconds=settings.auth.principal_cache_seconds,
         )
         await principals.start()
         stack.push_async_callback(principals.stop)

@@ -34,13 +34,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from redis.asyncio import Redis
+from redis.asyncio.connection import SSLConnection, parse_url
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from plantpulse.auth.models import User
@@ -102,11 +107,16 @@ class _Entry:
 
 class PrincipalCache:
     def __init__(
-        self, redis: Redis | None, prefix: str, *, seconds: float, max_entries: int = 10_000
+        self, redis_url: str | None, prefix: str, *, seconds: float, max_entries: int = 10_000
     ) -> None:
-        self._redis = redis
+        self._url = redis_url or ""
+        # Announcements go out on a client of their own (no retries: a failure must surface
+        # at once, as a 503, rather than after redis-py's reconnect backoff).
+        self._redis = (
+            Redis.from_url(redis_url, retry=Retry(NoBackoff(), retries=0)) if redis_url else None
+        )
         self.channel = f"{prefix}auth:invalidate"
-        self._seconds = seconds if redis is not None else 0.0
+        self._seconds = seconds if self._redis is not None else 0.0
         self._max = max_entries
         self._entries: dict[str, _Entry] = {}
         # Bumped by every invalidation seen here; a load that started before one is not stored.
@@ -218,55 +228,187 @@ class PrincipalCache:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        if self._redis is not None:
+            await self._redis.aclose()
+
+    def _subscribed_now(self) -> None:
+        # Anything cached before this point may have missed a message.
+        self._entries.clear()
+        self.generation += 1
+        self._subscribed = True
+        self._heard = time.monotonic()
+        self._first_subscription.set()
 
     def _lost(self) -> None:
         self._subscribed = False
         self.generation += 1
         self._entries.clear()
 
-    async def _listen(self) -> None:
-        if self._redis is None:
+    def _on_push(self, kind: bytes, data: bytes) -> None:
+        if kind == b"lost":
+            self._lost()
             return
+        self._heard = time.monotonic()
+        if kind == b"message":
+            self._drop(data.decode(errors="replace"))
+        elif kind == b"subscribe":
+            self._subscribed_now()
+
+    async def _listen(self) -> None:
         delay = 0.2
         while True:
-            pubsub = self._redis.pubsub()
+            link: _Subscription | None = None
             try:
-                await pubsub.subscribe(self.channel)
-                await self._pump(pubsub)
-            except (RedisError, OSError, TimeoutError) as exc:
-                log.warning("auth invalidation channel lost (%s); cache off until back", exc)
-            finally:
+                link = await _Subscription.open(self._url, self.channel, self._on_push)
+                while not link.closed.is_set():
+                    link.ping()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(PING_SECONDS):
+                            await link.closed.wait()
+                    if self._subscribed and time.monotonic() - self._heard > STALE_AFTER_SECONDS:
+                        raise TimeoutError("no answer to PING on the subscription")
+                raise ConnectionError(link.reason or "connection closed")
+            except (OSError, TimeoutError, RedisError, _ProtocolError) as exc:
                 if self._subscribed:
                     delay = 0.2
                 self._lost()
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call,unused-ignore]
+                log.warning("auth invalidation channel lost (%s); cache off until back", exc)
+            finally:
+                if link is not None:
+                    link.close()
             await asyncio.sleep(delay)
             delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _pump(self, pubsub: Any) -> None:
-        self._heard = next_ping = time.monotonic()
-        while True:
-            now = time.monotonic()
-            if now - self._heard > STALE_AFTER_SECONDS:
-                raise TimeoutError("no answer on the subscription")
-            if now >= next_ping:
-                await pubsub.ping()
-                next_ping = now + PING_SECONDS
-            message = await pubsub.get_message(timeout=PING_SECONDS)
-            if message is None:
-                continue
-            kind = message.get("type")
-            if kind == "subscribe":
-                # Anything cached before this point may have missed a message.
-                self._entries.clear()
-                self.generation += 1
-                self._subscribed = True
-                self._first_subscription.set()
-                self._heard = time.monotonic()
-            elif kind == "pong":
-                self._heard = time.monotonic()
-            elif kind == "message":
-                self._heard = time.monotonic()
-                data = message["data"]
-                self._drop(data.decode() if isinstance(data, bytes) else str(data))
+
+class _ProtocolError(Exception):
+    pass
+
+
+class _Subscription(asyncio.Protocol):
+    """A bare RESP connection subscribed to one channel.
+
+    Not redis-py's PubSub: its messages reach us a task switch after they arrive and its
+    reconnect logic runs inside the failing call, both windows in which a request could be
+    answered from the cache after an invalidation (or the connection) was already in our
+    socket. Here the invalidation, and the loss of the connection, are handled in the very
+    callback that reads them, before any request read in the same event-loop turn runs."""
+
+    def __init__(self, on_push: Callable[[bytes, bytes], None]) -> None:
+        self._on_push = on_push
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self.closed = asyncio.Event()
+        self.reason = ""
+
+    @classmethod
+    async def open(
+        cls, url: str, channel: str, on_push: Callable[[bytes, bytes], None]
+    ) -> _Subscription:
+        options = parse_url(url)
+        loop = asyncio.get_running_loop()
+        link = cls(on_push)
+        ssl_context = None
+        if options.get("connection_class") is SSLConnection:
+            ssl_context = ssl.create_default_context()
+        async with asyncio.timeout(5):
+            if "path" in options:
+                await loop.create_unix_connection(lambda: link, options["path"])
+            else:
+                await loop.create_connection(
+                    lambda: link, options.get("host", "localhost"), options.get("port", 6379),
+                    ssl=ssl_context,
+                )  # fmt: skip
+        password, username = options.get("password"), options.get("username")
+        if password:
+            words = [b"AUTH", *([username.encode()] if username else []), password.encode()]
+            link._send(*words)
+        link._send(b"SUBSCRIBE", channel.encode())
+        return link
+
+    def _send(self, *words: bytes) -> None:
+        if self._transport is None or self._transport.is_closing():
+            return
+        parts = [b"*%d\r\n" % len(words)]
+        for word in words:
+            parts.append(b"$%d\r\n%s\r\n" % (len(word), word))
+        self._transport.write(b"".join(parts))
+
+    def ping(self) -> None:
+        self._send(b"PING")
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    # --- asyncio.Protocol ---
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)  # noqa: S101 - a stream connection
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.reason = str(exc) if exc else "closed by the server"
+        self._on_push(b"lost", b"")
+        self.closed.set()
+
+    def eof_received(self) -> bool | None:
+        self.reason = "closed by the server"
+        self._on_push(b"lost", b"")
+        self.closed.set()
+        return None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        try:
+            while True:
+                parsed = _parse(self._buffer, 0)
+                if parsed is None:
+                    return
+                value, end = parsed
+                del self._buffer[:end]
+                self._reply(value)
+        except _ProtocolError as exc:
+            self.reason = f"protocol error: {exc}"
+            self._on_push(b"lost", b"")
+            self.close()
+
+    def _reply(self, value: object) -> None:
+        if isinstance(value, _ProtocolError):
+            # An error reply (wrong password, ...): nothing we can serve from.
+            raise value
+        if isinstance(value, list) and value and isinstance(value[0], bytes):
+            kind = value[0].lower()
+            if kind == b"message" and len(value) == 3 and isinstance(value[2], bytes):
+                self._on_push(b"message", value[2])
+            elif kind in (b"subscribe", b"pong"):
+                self._on_push(kind, b"")
+
+
+def _parse(buffer: bytearray, start: int) -> tuple[object, int] | None:
+    """One RESP2 value from `buffer[start:]`: (value, end) or None if incomplete."""
+    line_end = buffer.find(b"\r\n", start)
+    if line_end < 0:
+        return None
+    marker, line = bytes(buffer[start : start + 1]), bytes(buffer[start + 1 : line_end])
+    after = line_end + 2
+    if marker in (b"+", b":"):
+        return line, after
+    if marker == b"-":
+        return _ProtocolError(line.decode(errors="replace")), after
+    if marker == b"$":
+        size = int(line)
+        if size < 0:
+            return None, after
+        if len(buffer) < after + size + 2:
+            return None
+        return bytes(buffer[after : after + size]), after + size + 2
+    if marker == b"*":
+        items: list[object] = []
+        for _ in range(max(int(line), 0)):
+            parsed = _parse(buffer, after)
+            if parsed is None:
+                return None
+            item, after = parsed
+            items.append(item)
+        return items, after
+    raise _ProtocolError(f"unexpected reply {marker!r}")
