@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+import asyncpg
 import httpx
 import pytest
 
@@ -182,3 +183,20 @@ class TestInProcess:
         assert cache.get(token) is principal
         await cache.user_changed(user.id)
         assert cache.get(token) is None
+
+
+class TestTheCacheIsInUse:
+    async def test_a_change_behind_the_services_back_is_seen_only_where_nothing_was_cached(
+        self, pair: Pair, committed_user: UserFactory, pg_pool: asyncpg.Pool
+    ) -> None:
+        # Without this, the tests above would pass with no cache at all. A change made in
+        # SQL (not through the service) is not announced: B, which remembers the token,
+        # still accepts it for up to `auth.principal_cache_seconds`; A checks in full.
+        user = await committed_user(Role.operator)
+        token = token_for(pair.env, user)
+        async with httpx.AsyncClient() as client:
+            await remembered(client, pair.b, token)
+            await pg_pool.execute("UPDATE users SET is_active = false WHERE id = $1", user.id)
+            cached = await client.get(f"{pair.b.base_url}{ME}", headers=bearer(token))
+            checked = await client.get(f"{pair.a.base_url}{ME}", headers=bearer(token))
+        assert (cached.status_code, checked.status_code) == (200, 401)
