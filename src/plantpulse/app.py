@@ -43,6 +43,7 @@ from plantpulse.sysconfig.sync import start_config_sync
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.router import router as telemetry_router
 from plantpulse.telemetry.writer import BatchWriter
+from plantpulse.workers import claim_slot
 
 log = logging.getLogger("plantpulse")
 
@@ -85,9 +86,28 @@ def tune_gc() -> None:
     gc.set_threshold(10_000, 50, 100)
 
 
+def _as_worker(settings: Settings, stack: AsyncExitStack) -> Settings:
+    """One of `serve --workers N`: a stable MQTT client id of its own (plantpulse/workers.py)."""
+    mqtt = settings.mqtt
+    key = f"{mqtt.client_id}@{mqtt.host}:{mqtt.port}"
+    slot, lock = claim_slot(key, settings.workers)
+    stack.callback(lock.close)
+    client_id = f"{mqtt.client_id}-{slot}"
+    # Without a shared subscription every worker would receive (and store) every message.
+    group = mqtt.shared_group or "plantpulse"
+    log.info(
+        "worker %d of %d: MQTT client id %s in $share/%s", slot, settings.workers, client_id, group
+    )
+    return settings.model_copy(
+        update={"mqtt": mqtt.model_copy(update={"client_id": client_id, "shared_group": group})}
+    )
+
+
 @asynccontextmanager
 async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
     async with AsyncExitStack() as stack:
+        if settings.workers > 1:
+            settings = _as_worker(settings, stack)
         engine = make_engine(settings.database)
         stack.push_async_callback(engine.dispose)
         # min_size=0: start even when the database is down; /ready reports it.

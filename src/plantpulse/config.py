@@ -151,6 +151,8 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "production"
     log_level: str = "INFO"
+    # Set by `plantpulse serve --workers N` for its workers (plantpulse/workers.py).
+    workers: int = Field(default=1, ge=1, le=64)
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
