@@ -74,6 +74,16 @@ async def _detect_timescale(resources: Resources) -> None:
         )
 
 
+async def _keep_session(_: asyncpg.Connection) -> None:
+    """The pool's reset between borrowers, minus the round trip.
+
+    asyncpg still rolls back an open transaction and drops listeners before calling this; its
+    default then sends `pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL` on every
+    release: a second round trip for each latest-values read (6% of the P4 profile). Nothing
+    on this pool leaves session state behind: no session advisory locks (retention takes a
+    transaction lock), no LISTEN, no SET, cursors only inside transactions."""
+
+
 def tune_gc() -> None:
     """Keep the garbage collector's full passes off the request path.
 
@@ -115,6 +125,7 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
             settings.database.asyncpg_dsn,
             min_size=0,
             max_size=settings.ingest.writer_connections + 4,
+            reset=_keep_session,
         )
         stack.push_async_callback(pg.close)
         catalog = MachineCatalog(pg)
