@@ -267,7 +267,7 @@ class Service:
                     str(self.port),
                     "--workers",
                     str(self.workers),
-                ],  # fmt: skip
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=log,
