@@ -59,8 +59,10 @@ log = logging.getLogger(__name__)
 
 # Pings go through the subscription this often; without an answer for STALE_AFTER_SECONDS
 # the cache stops serving (a silently dead connection cannot hide an invalidation for longer).
-PING_SECONDS = 0.5
-STALE_AFTER_SECONDS = 2.0
+# 2 s proved too tight: a process saturated by ingest answered late now and then and emptied
+# its cache for nothing (docs/benchmarks.md); a closed connection is noticed at once anyway.
+PING_SECONDS = 1.0
+STALE_AFTER_SECONDS = 5.0
 RECONNECT_MAX_SECONDS = 5.0
 
 

@@ -161,7 +161,9 @@ async def _wait_rows(service: Service, token: str, target: int, limit: float) ->
     counters (cheap) rather than count(*) on a growing table, which would load the database;
     the table is counted once at the end."""
     deadline = time.monotonic() + limit
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as client:
+    # A generous timeout: a service saturated by the burst may answer slowly, and a
+    # ReadTimeout here used to abort the whole benchmark.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=60) as client:
         headers = {"Authorization": f"Bearer {token}"}
         while True:
             stats = (await client.get("/api/v1/ingest/stats", headers=headers)).json()
