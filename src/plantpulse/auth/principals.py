@@ -12,12 +12,15 @@ API keys and failed checks are never cached.
 
 Why it stays correct:
 - Every change that can end or alter a token's rights drops the entries it affects in this
-  process synchronously and in every other process through one Redis pub/sub channel: logout
-  and refresh-token rotation (by `jti`), and any change to a user made through the service
-  (role, activation, deletion, password change, profile fields, login) by user id. User
+  process synchronously and in every other process through one Redis pub/sub channel: a
+  logout by `jti` (after the revocation is stored), any change to a user made through the
+  service (role, activation, deletion, password change, profile fields) by user id. User
   changes are announced before the transaction commits (a failed announcement fails the
   request, so nothing changes unannounced) and again after it commits (a process that
-  re-read the old row between the two drops it).
+  re-read the old row between the two drops it). A login only moves `last_login_at` (shown by
+  /me): it is announced after its commit, best effort, so logging in never needs Redis.
+- Messages are read by a bare RESP connection and acted on in the callback that reads them,
+  before any request read in the same event-loop turn (see `_Subscription`).
 - A load that overlaps an invalidation is not stored (`generation`), so a stale read that
   was in flight when the message arrived never lands in the cache.
 - Fail closed: entries are served only while this process's subscription is confirmed and
@@ -127,8 +130,6 @@ class PrincipalCache:
         self._heard = 0.0  # monotonic time of the last message or pong on the subscription
         self._task: asyncio.Task[None] | None = None
         self._first_subscription = asyncio.Event()
-        self.hits = 0
-        self.misses = 0
 
     @property
     def enabled(self) -> bool:
@@ -144,13 +145,10 @@ class PrincipalCache:
     def get(self, token: str) -> Principal | None:
         entry = self._entries.get(token)
         if entry is None:
-            self.misses += 1
             return None
         if not self.serving or time.monotonic() >= entry.until or time.time() >= entry.expires:
             self._entries.pop(token, None)
-            self.misses += 1
             return None
-        self.hits += 1
         return entry.principal
 
     def put(self, token: str, principal: Principal, *, generation: int) -> None:
