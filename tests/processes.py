@@ -68,6 +68,7 @@ class Server:
                 self.process.kill()
                 await self.process.wait()
         self.process = None
+        self.log.unlink(missing_ok=True)
 
 
 def server_env(database_url: str, redis_url: str | None, **extra: str) -> dict[str, str]:
