@@ -46,6 +46,10 @@ class AuthSettings(BaseModel):
     access_token_minutes: int = Field(default=30, ge=1, le=24 * 60)
     refresh_token_days: int = Field(default=7, ge=1, le=365)
     allow_self_registration: bool = True
+    # How long a verified access token is remembered in a process (auth/principals.py): it is
+    # forgotten everywhere at once on logout and on any change to its user, through Redis;
+    # 0 turns the cache off. Without Redis there is no cache.
+    principal_cache_seconds: float = Field(default=10.0, ge=0, le=300)
 
 
 class MqttSettings(BaseModel):
@@ -180,6 +184,8 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "production"
     log_level: str = "INFO"
+    # Set by `plantpulse serve --workers N` for its workers (plantpulse/workers.py).
+    workers: int = Field(default=1, ge=1, le=64)
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()

@@ -400,19 +400,20 @@ def _json(data: Any) -> Response:
 )
 async def machine_latest(
     machine_id: uuid.UUID,
-    session: DbSession,
     resources: AppResources,
     principal: ReadTelemetry,
     include_invalid: IncludeInvalid = False,
 ) -> Response:
     """The newest value of every metric of a machine, by event time."""
     include_invalid = _may_see_invalid(principal, include_invalid)
-    machine = await machines.get_machine(session, machine_id)
     async with service.database_errors():
-        records = await queries.latest(
-            resources.pg, machine_ids=[machine_id], include_invalid=include_invalid
+        found = await queries.machine_latest(
+            resources.pg, machine_id=machine_id, include_invalid=include_invalid
         )
-    return _json(_machine_latest(machine_id, machine.name, records, include_invalid))
+    if found is None:
+        raise machines.MachineNotFound(f"machine {machine_id} does not exist")
+    name, records = found
+    return _json(_machine_latest(machine_id, name, records, include_invalid))
 
 
 def _parse_ids(value: str | None) -> list[uuid.UUID] | None:
