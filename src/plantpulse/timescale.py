@@ -11,6 +11,15 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+# For one transaction (SET LOCAL), and only where TimescaleDB is loaded (elsewhere the setting
+# does not exist): DML that meets compressed chunks may decompress as many rows as it needs.
+# TimescaleDB's default stops a transaction at 100,000 decompressed rows with SQLSTATE 53400:
+# a re-sent batch across ~100 series, or deleting a compressed day of one busy machine.
+NO_DECOMPRESSION_LIMIT = """
+SELECT set_config('timescaledb.max_tuples_decompressed_per_dml_transaction', '0', true)
+WHERE current_setting('timescaledb.max_tuples_decompressed_per_dml_transaction', true) IS NOT NULL
+"""
+
 
 @dataclass(frozen=True, slots=True)
 class TimescaleInfo:
