@@ -13,6 +13,7 @@ from starlette.requests import HTTPConnection
 
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
+from plantpulse.health.jobs import JobWatch
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.connectivity import ConnectivityFeed
 from plantpulse.sysconfig.live import LiveConfig
@@ -37,6 +38,8 @@ class Resources:
     extras: dict[str, Any] = field(default_factory=dict)
     # Machine online/offline changes (MQTT status topics); realtime listens here.
     connectivity: ConnectivityFeed = field(default_factory=ConnectivityFeed)
+    # Failing TimescaleDB jobs, for /ready and the log.
+    timescale_jobs: JobWatch = field(default_factory=JobWatch)
 
 
 def get_resources(connection: HTTPConnection) -> Resources:

@@ -191,11 +191,21 @@ async def compressed_fleet(pg_pool: asyncpg.Pool) -> AsyncIterator[Fleet]:
         [(m, f"fleet-{m.hex[:12]}") for m in machines],
     )
     try:
-        await seed_compressed(pg_pool, machines, day, per_series=PER_SERIES, step=timedelta(minutes=1))
+        await seed_compressed(
+            pg_pool, machines, day, per_series=PER_SERIES, step=timedelta(minutes=1)
+        )
         yield Fleet(machines, day)
     finally:
         await drop_day(pg_pool, day)
-        await pg_pool.execute(
-            "DELETE FROM readings WHERE machine_id = ANY($1::uuid[])", machines
-        )
+        await pg_pool.execute("DELETE FROM readings WHERE machine_id = ANY($1::uuid[])", machines)
         await pg_pool.execute("DELETE FROM machines WHERE id = ANY($1::uuid[])", machines)
+
+
+@pytest.fixture
+async def own_database(community_server: str) -> AsyncIterator[str]:
+    """A migrated Community database for one test (apps started and stopped on it)."""
+    url = await community_database(community_server, f"t{uuid.uuid4().hex[:8]}")
+    try:
+        yield url
+    finally:
+        await support.drop_database(url)

@@ -78,9 +78,7 @@ class TestDeleteReadingsInCompressedChunks:
         )
         assert response.status_code == 200, response.text
         assert response.json()["deleted"] == 18_000 * len(METRICS)
-        assert await count(pg_pool, busy_day.machine) == busy_day.readings - 18_000 * len(
-            METRICS
-        )
+        assert await count(pg_pool, busy_day.machine) == busy_day.readings - 18_000 * len(METRICS)
 
     async def test_deleting_the_machine_deletes_its_compressed_readings(
         self,

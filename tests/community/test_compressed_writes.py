@@ -41,8 +41,7 @@ def old_and_new(fleet: Fleet) -> tuple[datetime, datetime, dict[str, Any]]:
             {
                 "machine_id": str(m),
                 "readings": [
-                    {"timestamp": _iso(t), **{metric: 1.5 for metric in METRICS}}
-                    for t in (old, new)
+                    {"timestamp": _iso(t), **dict.fromkeys(METRICS, 1.5)} for t in (old, new)
                 ],
             }
             for m in fleet.machines
@@ -162,7 +161,7 @@ class TestMqttOverCompressedChunks:
         pg_pool: asyncpg.Pool,
         compressed_fleet: Fleet,
     ) -> None:
-        old, new, body = old_and_new(compressed_fleet)
+        _, new, body = old_and_new(compressed_fleet)
         series = len(compressed_fleet.machines) * len(METRICS)
         settings = mqtt_settings(database_url, broker)
         prefix = settings.mqtt.topic_prefix
