@@ -42,10 +42,8 @@ class JobWatch:
 
     def _log(self, failures: list[JobFailure]) -> None:
         for failure in failures:
-            if failure.job_id in self._logged and self._logged[failure.job_id] == (
-                failure.failed_at
-            ):
-                continue
+            if failure.job_id in self._logged and self._logged[failure.job_id] == failure.failed_at:
+                continue  # this failed run was logged already
             self._logged[failure.job_id] = failure.failed_at
             log.log(
                 logging.INFO if failure.housekeeping else logging.WARNING,
@@ -66,8 +64,9 @@ class JobWatch:
                     await self.check(engine)
                 except Exception as exc:
                     if not db_errors.is_database_error(exc):
-                        raise
-                    log.debug("TimescaleDB jobs not checked: %s", exc)
+                        log.exception("checking TimescaleDB's jobs failed; trying again later")
+                    else:
+                        log.debug("TimescaleDB jobs not checked: %s", exc)
             await asyncio.sleep(CHECK_EVERY_SECONDS)
 
 

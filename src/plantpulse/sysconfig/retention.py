@@ -27,6 +27,8 @@ from datetime import timedelta
 
 import asyncpg
 
+from plantpulse.errors import InvalidInput
+from plantpulse.sysconfig.keys import KEYS
 from plantpulse.timescale import TimescaleInfo
 
 log = logging.getLogger(__name__)
@@ -101,12 +103,12 @@ async def reconcile_policy(pool: asyncpg.Pool) -> Policy | None:
         job_id: int | None = current["job_id"] if current else None
         if stored is None:
             return Policy(managed=False, days=None, job_id=job_id)
-        value = json.loads(stored)
-        if value is not None and (type(value) is not int or value < 1):
-            log.warning("retention: stored retention_days %r is not a number of days", value)
+        try:
+            days: int | None = KEYS["retention_days"].validate(json.loads(stored))
+        except InvalidInput as exc:
+            log.warning("retention: the stored setting is unusable (%s); policy left alone", exc)
             return Policy(managed=False, days=None, job_id=job_id)
-        days: int | None = value
-        have = current["drop_after"] if current else None
+        have: timedelta | None = current["drop_after"] if current else None
         if have == (None if days is None else timedelta(days=days)):
             return Policy(managed=True, days=days, job_id=job_id)
         await conn.execute(REMOVE_POLICY)
@@ -119,7 +121,7 @@ async def reconcile_policy(pool: asyncpg.Pool) -> Policy | None:
         log.warning(
             "retention: TimescaleDB's retention policy was %s, the stored setting says %s; "
             "policy %s",
-            f"{have}" if have is not None else "absent",
+            f"{have.days} days" if have is not None else "absent",
             f"{days} days" if days is not None else "keep forever",
             "replaced" if days is not None else "removed",
         )

@@ -91,9 +91,10 @@ class ConfigSync:
                 resources.pg, days=resources.live.retention_days, timescale=resources.timescale
             )
         except Exception as exc:
+            # A bug must not end retention for good either: logged, and retried like an outage.
             if not db_errors.is_database_error(exc):
-                raise
-            if not self._retention_failing:
+                log.exception("retention round failed; retrying")
+            elif not self._retention_failing:
                 log.warning("retention not applied (%s: %s); retrying", type(exc).__name__, exc)
             self._retention_failing = True
             return False
