@@ -40,6 +40,7 @@ async def database_url() -> AsyncIterator[str]:
     url = await support.create_database("main")
     try:
         await support.migrate(url)
+        await support.pause_policies(url)
         yield url
     finally:
         await support.drop_database(url)

@@ -27,6 +27,7 @@ from plantpulse.auth.router import users_router
 from plantpulse.config import Settings
 from plantpulse.db import make_engine, make_sessionmaker
 from plantpulse.errors import document_error_envelope, install_error_handlers
+from plantpulse.health.jobs import watching as watching_timescale_jobs
 from plantpulse.health.router import router as health_router
 from plantpulse.ingest.mqtt import MqttIngest
 from plantpulse.ingest.router import router as ingest_router
@@ -171,6 +172,11 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         await start_hub(resources, stack)
         await start_alerts(resources, stack)
         await start_sources(resources, stack)
+        await stack.enter_async_context(
+            watching_timescale_jobs(
+                resources.timescale_jobs, engine, lambda: resources.timescale.installed
+            )
+        )
         if settings.mqtt.enabled:
             # Entered last, so it stops first: flush and acknowledge while the pool is open.
             await stack.enter_async_context(MqttIngest(resources).running())

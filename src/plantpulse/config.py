@@ -137,7 +137,8 @@ class AlertSettings(BaseModel):
 class SysconfigSettings(BaseModel):
     # Without Redis, other processes' config changes are picked up by re-reading this often.
     reload_seconds: float = Field(default=30.0, gt=0)
-    # Apache edition / plain PostgreSQL: how often old readings are removed (retention_days).
+    # How often retention_days is applied (sysconfig/retention.py): old readings removed (Apache
+    # edition, plain PostgreSQL) or TimescaleDB's policy reconciled (Community edition).
     retention_check_seconds: float = Field(default=3600.0, gt=0)
 
 

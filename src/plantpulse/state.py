@@ -14,6 +14,7 @@ from starlette.requests import HTTPConnection
 from plantpulse.auth.principals import PrincipalCache
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
+from plantpulse.health.jobs import JobWatch
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.connectivity import ConnectivityFeed
 from plantpulse.supervisor import Supervisor
@@ -43,6 +44,8 @@ class Resources:
     connectivity: ConnectivityFeed = field(default_factory=ConnectivityFeed)
     # Every long-running background task: restarted after a crash, listed in /ready.
     supervisor: Supervisor = field(default_factory=Supervisor)
+    # Failing TimescaleDB jobs, for /ready and the log.
+    timescale_jobs: JobWatch = field(default_factory=JobWatch)
 
 
 def resources_of(connection: HTTPConnection) -> Resources:

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy.engine import make_url
 
 from plantpulse.app import create_app
 from plantpulse.auth.permissions import Role
@@ -509,7 +510,12 @@ class TestDatabaseOutage:
     async def test_database_down_for_the_whole_app_is_503(
         self, settings: Settings, supervisor: dict[str, str]
     ) -> None:
-        url = support.database_url("x").replace("5432", str(support.free_port()))
+        # Nothing listens on a free port, whichever server the tests use.
+        url = (
+            make_url(support.database_url("x"))
+            .set(port=support.free_port())
+            .render_as_string(hide_password=False)
+        )
         down = make_settings(url, database=DatabaseSettings(url=url), auth=settings.auth)
         app = create_app(down)
         async with (

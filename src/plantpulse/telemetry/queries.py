@@ -14,6 +14,8 @@ from typing import Literal
 
 import asyncpg
 
+from plantpulse.timescale import NO_DECOMPRESSION_LIMIT
+
 # The same origin for time_bucket and date_bin, so buckets do not depend on the edition;
 # it is TimescaleDB's default (a Monday), so weekly buckets start on Mondays.
 BUCKET_ORIGIN = "TIMESTAMPTZ '2000-01-03 00:00:00+00'"
@@ -208,12 +210,17 @@ async def machine_page(
 async def delete_range(
     pool: asyncpg.Pool, *, machine_id: uuid.UUID, start: datetime, end: datetime
 ) -> int:
-    status = await pool.execute(
-        "DELETE FROM readings WHERE machine_id = $1 AND time >= $2 AND time < $3",
-        machine_id,
-        start,
-        end,
-    )
+    """A time range of one machine. Where the range cuts through compressed chunks (Community
+    edition) TimescaleDB decompresses those rows to delete them: a busy machine's day exceeds
+    its default limit per transaction, so the limit is lifted for this one."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute(NO_DECOMPRESSION_LIMIT)
+        status = await conn.execute(
+            "DELETE FROM readings WHERE machine_id = $1 AND time >= $2 AND time < $3",
+            machine_id,
+            start,
+            end,
+        )
     return int(status.rsplit(" ", 1)[-1])
 
 
