@@ -4,7 +4,7 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -27,7 +27,7 @@ from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.dependencies import TelemetrySender
 from plantpulse.schemas import Offset
 from plantpulse.state import AppResources, Resources
-from plantpulse.telemetry import payloads, queries, service
+from plantpulse.telemetry import payloads, queries, rollups, service
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.schemas import (
     DEVICE_BODY,
@@ -247,6 +247,17 @@ async def query_telemetry(
         Literal["none", "null"],
         Query(description="With interval: `null` lists empty buckets with null values"),
     ] = "none",
+    points: Annotated[
+        int | None,
+        Query(
+            ge=service.MIN_POINTS,
+            le=service.MAX_POINTS,
+            description="For charts: at most this many points per metric over the whole "
+            "range (M4: per chart bucket the first, smallest, largest and last reading, so "
+            "spikes survive); read from the rollups for long ranges. Not with interval, agg, "
+            "fill, limit, offset or include_invalid",
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         Query(ge=1, le=MAX_LIMIT, description="Rows (timestamps or buckets); raw default 1000"),
@@ -255,7 +266,7 @@ async def query_telemetry(
     order: Annotated[Literal["asc", "desc"], Query(description="By time")] = "desc",
     include_invalid: IncludeInvalid = False,
 ) -> Response:
-    """Readings of a machine as wide rows, raw or aggregated into time buckets."""
+    """Readings of a machine as wide rows: raw, aggregated into time buckets, or downsampled."""
     include_invalid = _may_see_invalid(principal, include_invalid)
     now = datetime.now(UTC)
     window = service.time_range(start_time, end_time, now=now)
@@ -264,11 +275,15 @@ async def query_telemetry(
     aggregates = service.parse_aggregates(agg) if step else None
     if step is None and (agg or fill != "none"):
         raise service.InvalidQuery("agg and fill need an interval")
+    if points is not None and (step is not None or limit is not None or offset or include_invalid):
+        raise service.InvalidQuery(
+            "points cannot be combined with interval, agg, fill, limit, offset or include_invalid"
+        )
     if step is not None:
         service.check_bucket_count(window, step)
     await machines.get_machine(session, machine_id)
 
-    if step is None or aggregates is None:
+    if points is None and (step is None or aggregates is None):
         async with service.database_errors():
             metrics = names or await queries.machine_metrics(resources.pg, machine_id)
             size = limit or RAW_DEFAULT_LIMIT
@@ -312,6 +327,7 @@ async def query_telemetry(
             "interval": interval,
             "agg": aggregates,
             "fill": fill,
+            "points": points,
             "limit": limit,
             "offset": offset,
             "order": order,
@@ -323,20 +339,82 @@ async def query_telemetry(
         return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
     async with service.database_errors():
         metrics = names or await queries.machine_metrics(resources.pg, machine_id)
-        records = (
-            await queries.buckets(
-                resources.pg,
+        if points is not None:
+            page = await _chart_page(
+                resources,
                 machine_id=machine_id,
                 metrics=metrics,
-                start=window.start,
-                end=window.end,
-                interval=step,
-                aggregates=aggregates,
-                include_invalid=include_invalid,
-                timescale=resources.timescale.installed,
+                window=window,
+                now=now,
+                points=points,
+                order=order,
             )
-            if metrics
-            else []
+        elif step is not None and aggregates is not None:
+            page = await _bucket_page(
+                resources,
+                machine_id=machine_id,
+                metrics=metrics,
+                window=window,
+                now=now,
+                step=step,
+                interval=interval,
+                aggregates=aggregates,
+                fill=fill,
+                limit=limit,
+                offset=offset,
+                order=order,
+                include_invalid=include_invalid,
+            )
+        else:  # unreachable: the raw branch above took every other case
+            raise service.InvalidQuery("interval or points is required")
+    body = page.model_dump_json().encode()
+    relative = end_time is None or service.is_relative(end_time) or service.is_relative(start_time)
+    ttl = cache.ttl_for(end=window.end, relative=relative, now=now)
+    await cache.put(key, body, version=version, ttl=ttl)
+    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+async def _bucket_page(
+    resources: Resources,
+    *,
+    machine_id: uuid.UUID,
+    metrics: list[str],
+    window: service.TimeRange,
+    now: datetime,
+    step: timedelta,
+    interval: str | None,
+    aggregates: list[str],
+    fill: str,
+    limit: int | None,
+    offset: int,
+    order: Literal["asc", "desc"],
+    include_invalid: bool,
+) -> TelemetryPage:
+    plan = await rollups.settled(
+        resources.pg, rollups.plan(window.start, window.end, width=step, now=now), machine_id
+    )
+    records: list[Any] = []
+    if metrics and plan.source == "raw":
+        records = await queries.buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            start=window.start,
+            end=window.end,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
+            timescale=resources.timescale.installed,
+        )
+    elif metrics:
+        records = await queries.rollup_buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
         )
     rows = service.wide_buckets(
         records,
@@ -351,24 +429,66 @@ async def query_telemetry(
         rows.reverse()
     size = limit or service.MAX_BUCKETS
     # Built from checked values: skip re-validating thousands of rows.
-    page = TelemetryPage.model_construct(
+    return TelemetryPage.model_construct(
         machine_id=machine_id,
         start_time=window.start,
         end_time=window.end,
         fields=list(metrics),
         interval=interval,
         agg=aggregates,
+        points=None,
+        source=plan.source,
         order=order,
         limit=size,
         offset=offset,
         has_more=len(rows) > offset + size,
         items=[row for _, row in rows[offset : offset + size]],
     )
-    body = page.model_dump_json().encode()
-    relative = end_time is None or service.is_relative(end_time) or service.is_relative(start_time)
-    ttl = cache.ttl_for(end=window.end, relative=relative, now=now)
-    await cache.put(key, body, version=version, ttl=ttl)
-    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+async def _chart_page(
+    resources: Resources,
+    *,
+    machine_id: uuid.UUID,
+    metrics: list[str],
+    window: service.TimeRange,
+    now: datetime,
+    points: int,
+    order: Literal["asc", "desc"],
+) -> TelemetryPage:
+    chart = service.chart_plan(window, points, now=now)
+    plan = await rollups.settled(resources.pg, chart.plan, machine_id)
+    records = (
+        await queries.m4(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            width=chart.width,
+            origin=chart.origin,
+            include_invalid=False,
+        )
+        if metrics
+        else []
+    )
+    rows = service.wide_points(records)
+    if order == "desc":
+        rows.reverse()
+    return TelemetryPage.model_construct(
+        machine_id=machine_id,
+        start_time=window.start,
+        end_time=window.end,
+        fields=list(metrics),
+        interval=None,
+        agg=None,
+        points=points,
+        source=plan.source,
+        order=order,
+        limit=len(rows),
+        offset=0,
+        has_more=False,
+        items=[row for _, row in rows],
+    )
 
 
 def _machine_latest(

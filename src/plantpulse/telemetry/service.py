@@ -26,7 +26,7 @@ from plantpulse.errors import (
     database_error,
 )
 from plantpulse.machines.catalog import MachineCatalog
-from plantpulse.telemetry import queries
+from plantpulse.telemetry import queries, rollups
 from plantpulse.telemetry.payloads import (
     EPOCH_MS_THRESHOLD,
     METRIC_NAME,
@@ -341,6 +341,67 @@ def wide_buckets(
     for bucket, row in ordered:
         row["timestamp"] = utc_iso(bucket)
     return ordered
+
+
+# ---------------------------------------------------------------------------------------------
+# Downsampling for charts (points=N)
+#
+# M4 (Jugel et al., VLDB 2014): per chart bucket, the first, last, smallest and largest
+# reading. A line chart drawn from those is pixel-identical to one drawn from every reading
+# when a bucket is one pixel column wide, and spikes are never lost (LTTB picks one point per
+# bucket by triangle area and may drop a one-sample spike). All four are decomposable, so a
+# bucket is answered from the 1-minute/1-hour rollups; LTTB needs every reading of a bucket
+# and the previous bucket's choice, so it always scans the raw readings.
+
+MIN_POINTS = 4
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChartPlan:
+    width: timedelta
+    origin: datetime
+    plan: rollups.Plan
+
+
+def chart_plan(window: TimeRange, points: int, *, now: datetime) -> ChartPlan:
+    """Buckets for at most `points` points per metric: at most points // 4 buckets of M4.
+    Widths of a whole number of hours (minutes) on an hour (minute) read the rollups."""
+    buckets = max(1, points // 4)
+    span = window.end - window.start
+    for step in (rollups.HOUR, rollups.MINUTE):
+        if span / buckets >= step:
+            # The first bucket starts at the step before start_time: one step more to cover.
+            width = step * math.ceil((span + step) / (buckets * step))
+            origin = rollups.floor(window.start, step)
+            break
+    else:
+        width = timedelta(microseconds=math.ceil(span / timedelta(microseconds=1) / buckets))
+        origin = window.start
+    return ChartPlan(
+        width=width,
+        origin=origin,
+        plan=rollups.plan(window.start, window.end, width=width, now=now, origin=origin),
+    )
+
+
+def wide_points(records: Sequence[asyncpg.Record]) -> list[tuple[datetime, dict[str, Any]]]:
+    """queries.m4() records as wide rows in ascending time: a metric is present at the times
+    it has a point."""
+    by_time: dict[datetime, dict[str, Any]] = {}
+    for record in records:
+        metric = record["metric"]
+        for moment, value in (
+            (record["first_time"], record["first"]),
+            (record["min_time"], record["min"]),
+            (record["max_time"], record["max"]),
+            (record["last_time"], record["last"]),
+        ):
+            row = by_time.get(moment)
+            if row is None:
+                row = by_time[moment] = {"timestamp": utc_iso(moment)}
+            row[metric] = value
+    return sorted(by_time.items(), key=lambda item: item[0])
 
 
 # ---------------------------------------------------------------------------------------------

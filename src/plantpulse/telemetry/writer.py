@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -65,6 +65,9 @@ class CommittedBatch:
 
 
 Listener = Callable[[CommittedBatch], None]
+# Runs inside a batch's transaction, after its rows are stored: what it writes commits or
+# rolls back with them (rollups.mark_dirty records the buckets a batch touched).
+TransactionHook = Callable[[PoolConnectionProxy, Sequence[StoredRow]], Awaitable[None]]
 
 
 class BatchWriter:
@@ -79,6 +82,7 @@ class BatchWriter:
         self.staged_batches = 0
         # Called after each commit; must not block (put on a queue, publish, return).
         self.listeners: list[Listener] = []
+        self.in_transaction: list[TransactionHook] = []
 
     def _validate(self, rows: Sequence[Row]) -> tuple[list[StoredRow], set[tuple[uuid.UUID, str]]]:
         stored: list[StoredRow] = []
@@ -132,6 +136,10 @@ class BatchWriter:
                 log.exception("telemetry listener %r failed", listener)
         return WriteResult(received=len(rows), inserted=inserted)
 
+    async def _hooks(self, conn: PoolConnectionProxy, stored: list[StoredRow]) -> None:
+        for hook in self.in_transaction:
+            await hook(conn, stored)
+
     async def _copy(
         self,
         conn: PoolConnectionProxy,
@@ -144,6 +152,7 @@ class BatchWriter:
             async with conn.transaction():
                 await conn.copy_records_to_table("readings", records=stored, columns=_COLUMNS)
                 await _register(conn, new_metrics, due)
+                await self._hooks(conn, stored)
         except asyncpg.UniqueViolationError:
             return None
         return len(stored)
@@ -161,6 +170,7 @@ class BatchWriter:
             await conn.copy_records_to_table("readings_stage", records=stored, columns=_COLUMNS)
             status = await conn.execute(_MERGE)
             await _register(conn, new_metrics, due)
+            await self._hooks(conn, stored)
         return int(status.rsplit(" ", 1)[-1])
 
 
