@@ -524,8 +524,9 @@ class TestApi:
         assert [row["v_count"] for row in body["items"]] == [181, 270]
 
     async def test_deleting_a_machine_deletes_its_rollups(
-        self, db: AsyncSession, committed_machine: MachineFactory, pg_pool: asyncpg.Pool
+        self, committed_machine: MachineFactory, pg_pool: asyncpg.Pool, db: AsyncSession
     ) -> None:
+        # `db` last: its transaction (which deleted rows) ends before the machine's clean-up.
         m = await committed_machine()
         await seed(pg_pool, m, [(T0, "v", 1.0)])
         assert await machines.delete_machine(db, machine_id=m) == 1
