@@ -129,7 +129,10 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         # Every edition: rollups/refresher is PlantPulse's own (telemetry/rollups.py says why).
         resources.writer.in_transaction.append(rollups.mark_dirty)
         resources.supervisor.spawn(
-            "rollups", lambda: rollups.refresher(pg, invalidate=telemetry_cache.invalidate)
+            "rollups",
+            lambda: rollups.refresher(
+                pg, live=resources.live, invalidate=telemetry_cache.invalidate
+            ),
         )
         await start_config_sync(resources, stack)
         await start_hub(resources, stack)

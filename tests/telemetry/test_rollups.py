@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plantpulse.machines import service as machines
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry import queries, rollups, service
 from plantpulse.telemetry.writer import BatchWriter, StoredRow
 from tests import support
@@ -542,3 +543,51 @@ async def support_key(pool: asyncpg.Pool, machine_id: uuid.UUID) -> str:
     from tests.telemetry.support import give_api_key
 
     return await give_api_key(pool, machine_id)
+
+
+class TestRetention:
+    async def test_each_resolution_has_its_own_retention(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        m = await committed_machine()
+        now = datetime.now(UTC)
+        old, recent = now - timedelta(days=400), now - timedelta(days=10)
+        await seed(pg_pool, m, [(old, "v", 1.0), (recent, "v", 2.0)])
+        live = LiveConfig(
+            future_skew_seconds=300,
+            auto_register_machines=False,
+            rollup_1m_retention_days=30,
+            rollup_1h_retention_days=None,
+        )
+        assert await rollups.purge(pg_pool, live=live) >= 1
+
+        async def buckets(table: str) -> int:
+            return int(
+                await pg_pool.fetchval(
+                    f"SELECT count(*) FROM {table} WHERE machine_id = $1",  # noqa: S608
+                    m,
+                )
+            )
+
+        assert (await buckets("readings_1m"), await buckets("readings_1h")) == (1, 2)
+
+    async def test_buckets_whose_readings_retention_removed_are_not_recomputed(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        m = await committed_machine()
+        now = datetime.now(UTC)
+        minute = rollups.floor(now - timedelta(days=40), rollups.MINUTE)
+        await seed(pg_pool, m, [(minute + timedelta(seconds=10 * i), "v", 1.0) for i in range(6)])
+        # Raw retention at 30 days dropped them; the rollups keep them.
+        await pg_pool.execute("DELETE FROM readings WHERE machine_id = $1", m)
+        horizons = rollups.Horizons(raw=now - timedelta(days=30))
+        async with pg_pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", rollups.LOCK_ID)
+            # A late reading for that minute: recomputing it would leave a count of 1.
+            await rollups.recompute(conn, [(m, "v", minute)], horizons=horizons)
+        counts = await pg_pool.fetch(
+            "SELECT count FROM readings_1m WHERE machine_id = $1 "
+            "UNION ALL SELECT count FROM readings_1h WHERE machine_id = $1",
+            m,
+        )
+        assert [r["count"] for r in counts] == [6, 6]

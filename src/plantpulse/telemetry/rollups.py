@@ -43,6 +43,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from plantpulse import db_errors
+from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry.writer import StoredRow
 
 log = logging.getLogger(__name__)
@@ -204,17 +205,49 @@ _DELETE_KEYS = """
 """
 
 
+@dataclass(frozen=True, slots=True)
+class Horizons:
+    """What retention has removed: minutes before `raw` cannot be recomputed from readings,
+    hours before `minutes` not from 1-minute rows. Recomputing them would replace a rollup of
+    the readings that were there with one of the few that arrived since."""
+
+    raw: datetime | None = None
+    minutes: datetime | None = None
+
+    @classmethod
+    def of(cls, live: LiveConfig | None, now: datetime) -> Horizons:
+        if live is None:
+            return cls()
+        raw, minutes = live.retention_days, live.rollup_1m_retention_days
+        return cls(
+            raw=None if raw is None else now - timedelta(days=raw),
+            minutes=None if minutes is None else now - timedelta(days=minutes),
+        )
+
+
 async def recompute(
     conn: PoolConnectionProxy | asyncpg.Connection,
     minutes: Iterable[tuple[uuid.UUID, str, datetime]],
+    *,
+    horizons: Horizons | None = None,
 ) -> None:
-    """Recompute these 1-minute buckets from the readings, then their hours from the minutes.
-    The caller holds the rollup lock (LOCK_ID) in the current transaction."""
-    minute_keys = _columns((m, metric, floor(b, MINUTE)) for m, metric, b in minutes)
+    """Recompute these 1-minute buckets from the readings, then their hours from the minutes
+    (none that retention has removed the source of). The caller holds the rollup lock
+    (LOCK_ID) in the current transaction."""
+    horizons = horizons or Horizons()
+    raw = horizons.raw
+    minute_keys = _columns(
+        (m, metric, floor(b, MINUTE))
+        for m, metric, b in minutes
+        if raw is None or floor(b, MINUTE) >= raw
+    )
     if not minute_keys[0]:
         return
+    since = horizons.minutes
     hour_keys = _columns(
-        zip(minute_keys[0], minute_keys[1], (floor(b, HOUR) for b in minute_keys[2]), strict=True)
+        (m, metric, floor(b, HOUR))
+        for m, metric, b in zip(*minute_keys, strict=True)
+        if since is None or floor(b, HOUR) >= since
     )
     await conn.execute(_DELETE_KEYS.format(table="readings_1m"), *minute_keys)
     await conn.execute(_RECOMPUTE_MINUTES, *minute_keys)
@@ -231,7 +264,11 @@ class RefreshResult:
 
 
 async def refresh(
-    pool: asyncpg.Pool, *, limit: int = MARKERS_PER_ROUND, wait: bool = False
+    pool: asyncpg.Pool,
+    *,
+    limit: int = MARKERS_PER_ROUND,
+    wait: bool = False,
+    horizons: Horizons | None = None,
 ) -> RefreshResult:
     """One round: claim up to `limit` markers and recompute their buckets, in one transaction.
     Returns at once (nothing done) if another process holds the lock, unless `wait`."""
@@ -252,7 +289,7 @@ async def refresh(
         keys: set[tuple[uuid.UUID, str, datetime]] = set()
         for row in claimed:
             keys.update(zip(row["machine_ids"], row["metrics"], row["buckets"], strict=True))
-        await recompute(conn, keys)
+        await recompute(conn, keys, horizons=horizons)
     oldest: dict[uuid.UUID, datetime] = {}
     for machine_id, _, bucket in keys:
         if machine_id not in oldest or bucket < oldest[machine_id]:
@@ -297,20 +334,50 @@ async def forget_range(
 # The background job
 
 
+async def purge(pool: asyncpg.Pool, *, live: LiveConfig) -> int:
+    """Retention per resolution: delete rollup rows older than `rollup_1m_retention_days` /
+    `rollup_1h_retention_days` (None keeps them). Raw retention (`retention_days`, in
+    sysconfig/retention.py) never touches the rollups."""
+    removed = 0
+    for table, days in (
+        ("readings_1m", live.rollup_1m_retention_days),
+        ("readings_1h", live.rollup_1h_retention_days),
+    ):
+        if days is None:
+            continue
+        status = await pool.execute(
+            f"DELETE FROM {table} "  # noqa: S608 (a fixed table name)
+            "WHERE bucket < now() - make_interval(days => $1)",
+            days,
+        )
+        removed += int(status.rsplit(" ", 1)[-1])
+    return removed
+
+
 async def refresher(
     pool: asyncpg.Pool,
     *,
+    live: LiveConfig | None = None,
     every_seconds: float = REFRESH_SECONDS,
     invalidate: Invalidate | None = None,
     settled: timedelta = timedelta(minutes=5),
+    purge_every_seconds: float = 3600.0,
 ) -> None:
-    """Refresh rounds forever: at once while there is a backlog, else every `every_seconds`.
-    Machines whose settled past (older than `settled`) changed get `invalidate`d (the query
-    cache), since a cached answer computed before the refresh is now stale."""
+    """Refresh rounds forever: at once while there is a backlog, else every `every_seconds`;
+    rollup retention every `purge_every_seconds`. Machines whose settled past (older than
+    `settled`) changed get `invalidate`d (the query cache), since a cached answer computed
+    before the refresh is now stale."""
+    loop = asyncio.get_running_loop()
+    next_purge = loop.time()
     while True:
         result = RefreshResult()
         try:
-            result = await refresh(pool)
+            result = await refresh(pool, horizons=Horizons.of(live, datetime.now(UTC)))
+            if live is not None and loop.time() >= next_purge:
+                next_purge = loop.time() + purge_every_seconds
+                removed = await purge(pool, live=live)
+                if removed:
+                    log.info("rollup retention: removed %d rows", removed)
         except Exception as exc:
             if not db_errors.is_transient(exc):
                 raise
