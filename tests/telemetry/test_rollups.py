@@ -4,12 +4,14 @@ the raw readings, on TimescaleDB and on plain PostgreSQL, for random data and ra
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import pytest
@@ -591,3 +593,107 @@ class TestRetention:
             m,
         )
         assert [r["count"] for r in counts] == [6, 6]
+
+
+class TestLocalDays:
+    async def test_local_days_from_rollups_equal_raw_across_dst(
+        self, pool: asyncpg.Pool, machine: uuid.UUID, edition: str
+    ) -> None:
+        rng = random.Random(f"tz-{edition}")
+        begin = datetime(2024, 3, 29, tzinfo=UTC)
+        rows = random_rows(rng, machine, begin, timedelta(days=4))
+        await store(pool, rows)
+        await rollups.refresh_all(pool)
+        window = service.TimeRange(
+            begin + timedelta(hours=7, minutes=13), begin + timedelta(days=4)
+        )
+        now = datetime.now(UTC)
+        for name, step in (("Europe/Berlin", rollups.HOUR), ("Asia/Kolkata", rollups.MINUTE)):
+            zone = ZoneInfo(name)
+            days = service.local_days(window, zone)
+            assert service.day_rollup_step(days) == step
+            plan = rollups.plan(window.start, window.end, width=step, now=now)
+            assert plan.source == ("1h" if step == rollups.HOUR else "1m")
+            raw_plan = rollups.Plan("raw", window.start, window.end, window.end, window.end)
+            for include_invalid in (False, True):
+                common: dict[str, Any] = {
+                    "machine_id": machine,
+                    "metrics": list(METRICS),
+                    "interval": timedelta(days=1),
+                    "aggregates": AGGREGATES,
+                    "include_invalid": include_invalid,
+                    "zone": name,
+                }
+                rolled = await queries.rollup_buckets(pool, plan=plan, **common)
+                raw = await queries.rollup_buckets(pool, plan=raw_plan, **common)
+                assert_same(raw, rolled, f"{name} invalid={include_invalid}")
+            # Days are the plant's: counted in Python from the readings by local date
+            # (`rolled` includes the invalid ones).
+            expected: dict[tuple[datetime, str], int] = {}
+            for moment, _, metric, _, _ in rows:
+                if window.start <= moment < window.end:
+                    local = moment.astimezone(zone).date()
+                    day = datetime.combine(local, time(0), tzinfo=zone).astimezone(UTC)
+                    expected[(day, metric)] = expected.get((day, metric), 0) + 1
+            counted = {key: row["count"] for key, row in by_key(rolled).items()}
+            assert counted == expected
+            assert {day for day, _ in counted} <= set(days)
+        berlin = service.local_days(window, ZoneInfo("Europe/Berlin"))
+        # 2024-03-31 had 23 hours in Berlin.
+        assert [b - a for a, b in itertools.pairwise(berlin)] == [
+            timedelta(hours=24),
+            timedelta(hours=24),
+            timedelta(hours=23),
+            timedelta(hours=24),
+        ]
+
+    async def test_tz_needs_day_buckets_and_a_real_zone(
+        self,
+        client: AsyncClient,
+        operator: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+    ) -> None:
+        m = await committed_machine()
+        await seed(pg_pool, m, [(datetime(2024, 3, 30, 23, 30, tzinfo=UTC), "v", 1.0)])
+        base = {"start_time": "2024-03-29T00:00:00Z", "end_time": "2024-04-02T00:00:00Z"}
+        for params in (
+            {"interval": "1h", "tz": "Europe/Berlin"},
+            {"interval": "1d", "tz": "Mars/Olympus"},
+        ):
+            response = await client.get(url(m), params={**base, **params}, headers=operator)
+            assert response.status_code == 422, response.text
+        response = await client.get(
+            url(m),
+            params={
+                **base,
+                "interval": "1d",
+                "tz": "Europe/Berlin",
+                "agg": "count",
+                "order": "asc",
+            },
+            headers=operator,
+        )
+        body = response.json()
+        assert body["source"] == "1h"
+        # 23:30 UTC on the 30th is 00:30 on the 31st in Berlin (still CET, +01:00).
+        assert body["items"] == [{"timestamp": "2024-03-30T23:00:00Z", "v_count": 1}]
+        filled = await client.get(
+            url(m),
+            params={
+                **base,
+                "interval": "1d",
+                "tz": "Europe/Berlin",
+                "agg": "count",
+                "order": "asc",
+                "fill": "null",
+            },
+            headers=operator,
+        )
+        assert [r["timestamp"] for r in filled.json()["items"]] == [
+            "2024-03-28T23:00:00Z",
+            "2024-03-29T23:00:00Z",
+            "2024-03-30T23:00:00Z",
+            "2024-03-31T22:00:00Z",
+            "2024-04-01T22:00:00Z",
+        ]

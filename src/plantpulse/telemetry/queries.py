@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime, timedelta
-from typing import Literal
+from typing import Any, Literal
 
 import asyncpg
 
@@ -200,7 +200,7 @@ async def delete_range(
 # [$4, $5) middle from the rollup, [$5, $6) tail from raw, $7 bucket width, $8 origin.
 
 _RAW_PART = """
-    SELECT date_bin($7::interval, time, $8::timestamptz) AS cb, metric, valid, 1::bigint AS n,
+    SELECT {cb} AS cb, metric, valid, 1::bigint AS n,
            value AS s, value AS lo, time AS lo_t, value AS hi, time AS hi_t,
            value AS fv, time AS ft, value AS lv, time AS lt
     FROM readings
@@ -208,7 +208,7 @@ _RAW_PART = """
           {valid}
 """
 _ROLLUP_PART = """
-    SELECT date_bin($7::interval, bucket, $8::timestamptz), metric, valid, count,
+    SELECT {cb}, metric, valid, count,
            sum, min, min_time, max, max_time, first, first_time, last, last_time
     FROM {table}
     WHERE machine_id = $1 AND metric = ANY($2::text[]) AND bucket >= $4 AND bucket < $5
@@ -225,14 +225,24 @@ _COMBINE = {
 }
 
 
-def _parts_sql(source: str, include_invalid: bool) -> str:
+def _cb(column: str, zoned: bool) -> str:
+    """The bucket of a time: `width` on `origin` ($7, $8), or the local day in zone $7."""
+    if zoned:
+        return f"date_trunc('day', {column}, $7::text)"
+    return f"date_bin($7::interval, {column}, $8::timestamptz)"
+
+
+def _parts_sql(source: str, include_invalid: bool, *, zoned: bool = False) -> str:
     valid = _valid(include_invalid)
+    raw = _cb("time", zoned)
     parts = [
-        _RAW_PART.format(low="$3", high="$4", valid=valid),
-        _RAW_PART.format(low="$5", high="$6", valid=valid),
+        _RAW_PART.format(cb=raw, low="$3", high="$4", valid=valid),
+        _RAW_PART.format(cb=raw, low="$5", high="$6", valid=valid),
     ]
     if source != "raw":
-        parts.append(_ROLLUP_PART.format(table=rollups.TABLES[source], valid=valid))
+        parts.append(
+            _ROLLUP_PART.format(cb=_cb("bucket", zoned), table=rollups.TABLES[source], valid=valid)
+        )
     return " UNION ALL ".join(parts)
 
 
@@ -240,13 +250,15 @@ def _plan_args(plan: rollups.Plan) -> tuple[datetime, datetime, datetime, dateti
     return plan.start, plan.middle_start, plan.middle_end, plan.end
 
 
-def rollup_bucket_sql(*, source: str, aggregates: Sequence[str], include_invalid: bool) -> str:
+def rollup_bucket_sql(
+    *, source: str, aggregates: Sequence[str], include_invalid: bool, zoned: bool = False
+) -> str:
     columns = [f"{_COMBINE[a]} AS {a}" for a in aggregates]
     if include_invalid:
         columns.append("coalesce(sum(n) FILTER (WHERE NOT valid), 0)::bigint AS invalid")
     return f"""
         SELECT cb AS bucket, metric, {", ".join(columns)}
-        FROM ({_parts_sql(source, include_invalid)}) p
+        FROM ({_parts_sql(source, include_invalid, zoned=zoned)}) p
         GROUP BY cb, metric
     """  # noqa: S608 (only fixed fragments are formatted in)
 
@@ -260,14 +272,18 @@ async def rollup_buckets(
     interval: timedelta,
     aggregates: Sequence[str],
     include_invalid: bool,
+    zone: str | None = None,
 ) -> list[asyncpg.Record]:
-    """queries.buckets() answered from a rollup (same records; buckets on BUCKET_ORIGIN)."""
+    """queries.buckets() answered from a rollup (same records; buckets on BUCKET_ORIGIN), or
+    with `zone` (an IANA name) one bucket per local calendar day (23 or 25 hours across DST)."""
     sql = rollup_bucket_sql(
-        source=plan.source, aggregates=aggregates, include_invalid=include_invalid
+        source=plan.source,
+        aggregates=aggregates,
+        include_invalid=include_invalid,
+        zoned=zone is not None,
     )
-    return await pool.fetch(
-        sql, machine_id, list(metrics), *_plan_args(plan), interval, rollups.ORIGIN
-    )
+    grid: tuple[Any, ...] = (zone,) if zone is not None else (interval, rollups.ORIGIN)
+    return await pool.fetch(sql, machine_id, list(metrics), *_plan_args(plan), *grid)
 
 
 _M4 = """

@@ -6,6 +6,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -244,9 +245,23 @@ async def query_telemetry(
         Query(description="With interval: avg,min,max,sum,count,first,last (default avg,min,max)"),
     ] = None,
     fill: Annotated[
-        Literal["none", "null"],
-        Query(description="With interval: `null` lists empty buckets with null values"),
+        service.Fill,
+        Query(
+            description="With interval: list empty buckets too, with null values (`null`), "
+            "the previous bucket's values (`previous`) or values interpolated between the "
+            "neighbouring buckets (`linear`); with `previous`/`linear` their count is 0. "
+            "Only buckets inside the range are used"
+        ),
     ] = "none",
+    tz: Annotated[
+        str | None,
+        Query(
+            description="With interval=1d: days of this time zone (IANA name, e.g. "
+            "Europe/Berlin): each bucket is a local calendar day starting at local midnight "
+            "(23 or 25 hours across a DST change); timestamps stay UTC",
+            examples=["Europe/Berlin"],
+        ),
+    ] = None,
     points: Annotated[
         int | None,
         Query(
@@ -279,6 +294,9 @@ async def query_telemetry(
         raise service.InvalidQuery(
             "points cannot be combined with interval, agg, fill, limit, offset or include_invalid"
         )
+    zone = service.parse_zone(tz) if tz else None
+    if zone is not None and step != timedelta(days=1):
+        raise service.InvalidQuery("tz applies to day buckets: use it with interval=1d")
     if step is not None:
         service.check_bucket_count(window, step)
     await machines.get_machine(session, machine_id)
@@ -328,6 +346,7 @@ async def query_telemetry(
             "agg": aggregates,
             "fill": fill,
             "points": points,
+            "tz": tz,
             "limit": limit,
             "offset": offset,
             "order": order,
@@ -360,6 +379,7 @@ async def query_telemetry(
                 interval=interval,
                 aggregates=aggregates,
                 fill=fill,
+                zone=zone,
                 limit=limit,
                 offset=offset,
                 order=order,
@@ -384,17 +404,38 @@ async def _bucket_page(
     step: timedelta,
     interval: str | None,
     aggregates: list[str],
-    fill: str,
+    fill: service.Fill,
+    zone: ZoneInfo | None,
     limit: int | None,
     offset: int,
     order: Literal["asc", "desc"],
     include_invalid: bool,
 ) -> TelemetryPage:
-    plan = await rollups.settled(
-        resources.pg, rollups.plan(window.start, window.end, width=step, now=now), machine_id
-    )
+    grid: list[datetime] | None = None
+    if zone is not None:
+        # Local days: the rollups answer when no rollup bucket straddles a local midnight.
+        grid = service.local_days(window, zone)
+        width = service.day_rollup_step(grid)
+        raw = rollups.Plan("raw", window.start, window.end, window.end, window.end)
+        plan = (
+            raw if width is None else rollups.plan(window.start, window.end, width=width, now=now)
+        )
+    else:
+        plan = rollups.plan(window.start, window.end, width=step, now=now)
+    plan = await rollups.settled(resources.pg, plan, machine_id)
     records: list[Any] = []
-    if metrics and plan.source == "raw":
+    if metrics and zone is not None:
+        records = await queries.rollup_buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
+            zone=zone.key,
+        )
+    elif metrics and plan.source == "raw":
         records = await queries.buckets(
             resources.pg,
             machine_id=machine_id,
@@ -421,9 +462,10 @@ async def _bucket_page(
         metrics=metrics,
         aggregates=aggregates,
         include_invalid=include_invalid,
-        fill=fill == "null",
+        fill=fill,
         window=window,
         interval=step,
+        grid=grid,
     )
     if order == "desc":
         rows.reverse()

@@ -4,6 +4,7 @@ parameters (time ranges, bucket intervals, metric lists) into checked values."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -12,8 +13,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 
@@ -269,6 +271,38 @@ def is_relative(value: str | None) -> bool:
     return value is not None and (value.strip() == "now" or bool(_RELATIVE.match(value.strip())))
 
 
+def parse_zone(value: str) -> ZoneInfo:
+    """An IANA time zone name (Europe/Berlin) for day buckets in the plant's time."""
+    try:
+        return ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidQuery(
+            f"tz: {value[:64]!r} is not a time zone name like Europe/Berlin or UTC"
+        ) from exc
+
+
+def local_days(window: TimeRange, zone: ZoneInfo) -> list[datetime]:
+    """The starts (in UTC) of the local calendar days that overlap the window: 23 or 25 hours
+    apart across a DST change."""
+    day = window.start.astimezone(zone).date()
+    starts: list[datetime] = []
+    while True:
+        midnight = datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+        if midnight >= window.end:
+            return starts
+        starts.append(midnight)
+        day += timedelta(days=1)
+
+
+def day_rollup_step(days: Sequence[datetime]) -> timedelta | None:
+    """The coarsest rollup whose buckets never straddle a local midnight of these days
+    (1 h for whole-hour offsets such as Europe/Berlin, 1 min for Asia/Kolkata), or None."""
+    for step in (rollups.HOUR, rollups.MINUTE):
+        if all((day - rollups.ORIGIN) % step == timedelta(0) for day in days):
+            return step
+    return None
+
+
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
@@ -310,13 +344,19 @@ def wide_buckets(
     metrics: Sequence[str],
     aggregates: Sequence[str],
     include_invalid: bool,
-    fill: bool,
+    fill: Fill,
     window: TimeRange,
     interval: timedelta,
+    grid: Sequence[datetime] | None = None,
 ) -> list[tuple[datetime, dict[str, Any]]]:
     """(bucket start, row) in ascending time; every row has every `<metric>_<agg>` key.
 
-    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid)."""
+    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid);
+    `grid`: the bucket starts when they are not `interval` apart (local days).
+    `fill`: "none" lists buckets with readings only; the others list every bucket of the
+    window, empty ones with nulls ("null"), or with values carried from the previous bucket
+    that has one ("previous") or interpolated between the neighbours that have one by bucket
+    start time ("linear"). With "previous"/"linear" a bucket without readings counts 0."""
     columns = [*aggregates, *(["invalid"] if include_invalid else [])]
     # Record positions, not names: this loop runs for every (bucket, metric) of the answer.
     targets = {m: [(i, f"{m}_{c}") for i, c in enumerate(columns, start=2)] for m in metrics}
@@ -331,7 +371,11 @@ def wide_buckets(
             row = by_bucket[bucket] = template.copy()
         for position, key in targets[record[1]]:
             row[key] = record[position]
-    if fill:
+    if fill != "none" and grid is not None:
+        for bucket in grid:
+            if bucket not in by_bucket:
+                by_bucket[bucket] = template.copy()
+    elif fill != "none":
         bucket = bucket_start(window.start, interval)
         while bucket < window.end:
             if bucket not in by_bucket:
@@ -340,7 +384,43 @@ def wide_buckets(
     ordered = sorted(by_bucket.items(), key=lambda item: item[0])
     for bucket, row in ordered:
         row["timestamp"] = utc_iso(bucket)
+    if fill in ("previous", "linear"):
+        for metric in metrics:
+            for column in columns:
+                key = f"{metric}_{column}"
+                if column in ("count", "invalid"):
+                    for _, row in ordered:
+                        if row[key] is None:
+                            row[key] = 0
+                elif fill == "previous":
+                    _carry_forward(ordered, key)
+                else:
+                    _interpolate(ordered, key)
     return ordered
+
+
+Fill = Literal["none", "null", "previous", "linear"]
+
+
+def _carry_forward(rows: list[tuple[datetime, dict[str, Any]]], key: str) -> None:
+    last: Any = None
+    for _, row in rows:
+        if row[key] is None:
+            row[key] = last
+        else:
+            last = row[key]
+
+
+def _interpolate(rows: list[tuple[datetime, dict[str, Any]]], key: str) -> None:
+    known = [i for i, (_, row) in enumerate(rows) if row[key] is not None]
+    for left, right in itertools.pairwise(known):
+        if right - left < 2:
+            continue
+        t0, v0 = rows[left][0], rows[left][1][key]
+        t1, v1 = rows[right][0], rows[right][1][key]
+        for i in range(left + 1, right):
+            share = (rows[i][0] - t0) / (t1 - t0)
+            rows[i][1][key] = v0 + (v1 - v0) * share
 
 
 # ---------------------------------------------------------------------------------------------
