@@ -255,6 +255,39 @@ async def recompute(
     await conn.execute(_RECOMPUTE_HOURS, *hour_keys)
 
 
+async def rebuild(pool: asyncpg.Pool) -> None:
+    """Recompute both rollups from every reading (what migration 0005 does; for benchmarks and
+    repairs). Under the lock, in one transaction; pending markers are dropped (covered)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", LOCK_ID)
+        await conn.execute("DELETE FROM rollup_dirty")
+        await conn.execute("TRUNCATE readings_1m, readings_1h")
+        await conn.execute(
+            f"""
+            INSERT INTO readings_1m
+            SELECT machine_id, metric, date_bin('1 minute', time, {ORIGIN_SQL}), valid,
+                   count(*), sum(value),
+                   min(value), (array_agg(time ORDER BY value, time))[1],
+                   max(value), (array_agg(time ORDER BY value DESC, time))[1],
+                   (array_agg(value ORDER BY time))[1], min(time),
+                   (array_agg(value ORDER BY time DESC))[1], max(time)
+            FROM readings GROUP BY 1, 2, 3, 4
+            """  # noqa: S608 (a constant)
+        )
+        await conn.execute(
+            f"""
+            INSERT INTO readings_1h
+            SELECT machine_id, metric, date_bin('1 hour', bucket, {ORIGIN_SQL}), valid,
+                   sum(count), sum(sum),
+                   min(min), (array_agg(min_time ORDER BY min, min_time))[1],
+                   max(max), (array_agg(max_time ORDER BY max DESC, max_time))[1],
+                   (array_agg(first ORDER BY first_time))[1], min(first_time),
+                   (array_agg(last ORDER BY last_time DESC))[1], max(last_time)
+            FROM readings_1m GROUP BY 1, 2, 3, 4
+            """  # noqa: S608 (a constant)
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class RefreshResult:
     markers: int = 0
