@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plantpulse.machines import service as machines
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.telemetry import queries, rollups, service
 from plantpulse.telemetry.writer import BatchWriter, StoredRow
@@ -697,3 +698,27 @@ class TestLocalDays:
             "2024-03-31T22:00:00Z",
             "2024-04-01T22:00:00Z",
         ]
+
+
+class TestRetainedSince:
+    async def test_answers_say_how_far_back_each_resolution_is_kept(
+        self,
+        client: AsyncClient,
+        operator: dict[str, str],
+        committed_machine: MachineFactory,
+        resources: Resources,
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        m = await committed_machine()
+        monkeypatch.setattr(resources.live, "retention_days", 30)
+        monkeypatch.setattr(resources.live, "rollup_1m_retention_days", 365)
+        before = datetime.now(UTC)
+        for params in ({}, {"interval": "1h"}, {"points": "100"}):
+            body = (await client.get(url(m), params=params, headers=operator)).json()
+            kept = body["retained_since"]
+            assert kept["1h"] is None
+            raw = datetime.fromisoformat(kept["raw"])
+            assert raw.tzinfo is not None
+            assert abs(raw - (before - timedelta(days=30))) < timedelta(minutes=1)
+            minutes = datetime.fromisoformat(kept["1m"])
+            assert abs(minutes - (before - timedelta(days=365))) < timedelta(minutes=1)

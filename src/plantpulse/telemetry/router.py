@@ -321,6 +321,7 @@ async def query_telemetry(
                 else []
             )
         page = TelemetryPage.model_construct(
+            retained_since=_retained_since(resources, now),
             machine_id=machine_id,
             start_time=window.start,
             end_time=window.end,
@@ -392,6 +393,16 @@ async def query_telemetry(
     ttl = cache.ttl_for(end=window.end, relative=relative, now=now)
     await cache.put(key, body, version=version, ttl=ttl)
     return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+def _retained_since(resources: Resources, now: datetime) -> dict[str, datetime | None]:
+    live = resources.live
+    days = {
+        "raw": live.retention_days,
+        "1m": live.rollup_1m_retention_days,
+        "1h": live.rollup_1h_retention_days,
+    }
+    return {name: None if d is None else now - timedelta(days=d) for name, d in days.items()}
 
 
 async def _bucket_page(
@@ -472,6 +483,7 @@ async def _bucket_page(
     size = limit or service.MAX_BUCKETS
     # Built from checked values: skip re-validating thousands of rows.
     return TelemetryPage.model_construct(
+        retained_since=_retained_since(resources, now),
         machine_id=machine_id,
         start_time=window.start,
         end_time=window.end,
@@ -517,6 +529,7 @@ async def _chart_page(
     if order == "desc":
         rows.reverse()
     return TelemetryPage.model_construct(
+        retained_since=_retained_since(resources, now),
         machine_id=machine_id,
         start_time=window.start,
         end_time=window.end,

@@ -67,6 +67,13 @@ class TelemetryPage(BaseModel):
     points: int | None = Field(
         default=None, description="With `points=N`: at most N points per metric (M4)"
     )
+    retained_since: dict[str, UtcDatetime | None] = Field(
+        default_factory=dict,
+        description="Per resolution (`raw`, `1m`, `1h`): the oldest time retention keeps "
+        "it for (null: kept forever). A range older than `raw` is answerable only by "
+        "buckets that are whole minutes (`1m`) or hours (`1h`) still retained; raw "
+        "retention drops whole days, so somewhat older readings may still be there",
+    )
     source: Literal["raw", "1m", "1h"] = Field(
         default="raw",
         description="Where the aligned middle of the range was read from: the readings, or "
