@@ -30,6 +30,14 @@ COPY alembic.ini ./
 RUN pip install --no-cache-dir . \
     && rm -rf /app/src
 
+# docker-compose.yml starts through this: it generates a JWT secret on the first start into
+# /var/lib/plantpulse (a volume there; Docker copies this directory's owner and mode into a new
+# named volume, so the unprivileged user can write it). The image's own CMD below does not:
+# run alone, it needs PLANTPULSE_AUTH__JWT_SECRET and refuses the example value.
+COPY scripts/docker-start.sh /usr/local/bin/plantpulse-start
+RUN chmod 755 /usr/local/bin/plantpulse-start \
+    && install -d -o plantpulse -g plantpulse -m 700 /var/lib/plantpulse
+
 USER plantpulse
 
 EXPOSE 8000

@@ -25,6 +25,7 @@ from plantpulse.config import (
     MqttSettings,
     RedisSettings,
     Settings,
+    SourcesSettings,
 )
 from plantpulse.db import get_db_session, make_engine
 from plantpulse.state import Resources
@@ -51,6 +52,8 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
         "redis": RedisSettings(url=support.REDIS_URL, key_prefix=f"pptest:{support.RUN_ID}:"),
         "auth": AuthSettings(jwt_secret=SecretStr(secrets.token_urlsafe(32))),
         "mqtt": MqttSettings(enabled=False),
+        # No source scheduler in shared test apps: tests/sources starts its own.
+        "sources": SourcesSettings(poller_enabled=False),
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)  # type: ignore[call-arg]

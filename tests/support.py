@@ -127,6 +127,14 @@ class Broker:
             await self.process.wait()
         self.process = None
 
+    async def kill(self) -> None:
+        """Crash (SIGKILL): nothing is written on the way out, only what autosave wrote before
+        survives."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self.process = None
+
     async def restart(self) -> None:
         await self.stop()
         await self.start()

@@ -95,7 +95,18 @@ async def _populate(app: FastAPI, client: AsyncClient, resources: Resources, url
             "threshold": 90,
         },
     )
+    source = await post(
+        "/api/v1/sources",
+        {
+            "name": "historian",
+            "url": "http://historian.example.com/points",
+            "machine_id": machine["id"],
+            "metric": "level",
+            "decoder": {"kind": "bytes-float32"},
+        },
+    )
     ids = {
+        "source_id": source["id"],
         "user_id": str(user.id),
         "machine_id": machine["id"],
         "group_id": group["id"],
@@ -160,6 +171,9 @@ GET_ROUTES = [
     "/api/v1/machines/{machine_id}/telemetry/latest",
     "/api/v1/telemetry/latest?machine_ids={machine_id}",
     "/api/v1/machines/{machine_id}/telemetry/export",
+    "/api/v1/sources",
+    "/api/v1/sources/{source_id}",
+    "/api/v1/sources/{source_id}/runs",
 ]
 # Routes that need no database once the caller is known: they answer 200 in an outage.
 WITHOUT_DATABASE = {"/api/v1/auth/me", "/api/v1/users/roles", "/api/v1/ingest/stats"}
@@ -187,6 +201,8 @@ WRITES: list[tuple[str, str, object]] = [
     ),
     ("POST", "/api/v1/machines/{machine_id}/telemetry", {"data": {"temperature": 21.5}}),
     ("DELETE", "/api/v1/machines/{machine_id}/telemetry?start_time=-1m", None),
+    ("PATCH", "/api/v1/sources/{source_id}", {"interval_seconds": 60}),
+    ("POST", "/api/v1/sources/{source_id}/poll", None),
 ]
 
 

@@ -4,7 +4,7 @@ buckets to recompute. Plain tables on every edition, maintained by PlantPulse's 
 are rolled up here, so queries may use the rollups at once.
 
 Revision ID: 0005_rollups
-Revises: 0003
+Revises: 0006_sources (chained after main's sources migration when merging main)
 Create Date: 2026-12-07
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0005_rollups"
-down_revision: str | None = "0003"
+down_revision: str | None = "0006_sources"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

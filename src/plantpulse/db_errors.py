@@ -47,7 +47,9 @@ _PERMANENT_CLIENT: tuple[type[BaseException], ...] = (
 # SQLSTATEs of transient failures that asyncpg reports through a broader class.
 _TRANSIENT_SQLSTATES = frozenset(
     {
+        "25006",  # read_only_sql_transaction: a standby, e.g. the old primary mid-failover
         "53100",  # disk_full: nothing can be written until space is freed; then it works again
+        "53200",  # out_of_memory
         "55000",  # object_not_in_prerequisite_state: "database is not accepting connections"
         "57000",  # operator_intervention
         "57P04",  # database_dropped

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from plantpulse.auth.principals import PrincipalCache
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
 from plantpulse.machines.catalog import MachineCatalog
@@ -28,6 +29,8 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis | None
     revocations: RevocationStore
+    # Verified access tokens for a few seconds, invalidated across processes (auth/principals.py).
+    principals: PrincipalCache
     timescale: TimescaleInfo
     # Raw asyncpg for the hot paths (ingest COPY, bulk queries, export); SQLAlchemy elsewhere.
     pg: asyncpg.Pool
@@ -42,9 +45,15 @@ class Resources:
     supervisor: Supervisor = field(default_factory=Supervisor)
 
 
-def get_resources(connection: HTTPConnection) -> Resources:
+def resources_of(connection: HTTPConnection) -> Resources:
     resources: Resources = connection.state.resources
     return resources
+
+
+async def get_resources(connection: HTTPConnection) -> Resources:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hand-off on
+    # every request (seen in the P4 profile, docs/benchmarks.md).
+    return resources_of(connection)
 
 
 AppResources = Annotated[Resources, Depends(get_resources)]

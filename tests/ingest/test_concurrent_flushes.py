@@ -7,7 +7,7 @@ import asyncio
 import aiomqtt
 import asyncpg
 
-from plantpulse.ingest.pipeline import Pending
+from plantpulse.ingest.messages import Pending
 from tests import support
 from tests.conftest import MachineFactory
 from tests.ingest.conftest import (

@@ -9,16 +9,16 @@ import secrets
 import signal
 import sys
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import httpx
-import pytest
 
 from tests import support
 from tests.ingest.conftest import (
+    add_machine,
     count_readings,
+    dsn,
     eventually,
     ingest_of,
     mosquitto_pub,
@@ -28,31 +28,6 @@ from tests.ingest.conftest import (
 )
 
 MESSAGES = 30_000
-
-
-@pytest.fixture
-async def own_database() -> AsyncIterator[str]:
-    """A migrated database for this test alone (it gets killed, refused, restarted)."""
-    url = await support.create_database(f"t{uuid.uuid4().hex[:8]}")
-    try:
-        await support.migrate(url)
-        yield url
-    finally:
-        await support.drop_database(url)
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
-async def _machine(url: str) -> uuid.UUID:
-    machine = uuid.uuid4()
-    conn = await asyncpg.connect(_dsn(url))
-    try:
-        await conn.execute("INSERT INTO machines (id, name) VALUES ($1, $2)", machine, "press")
-    finally:
-        await conn.close()
-    return machine
 
 
 class Service:
@@ -105,9 +80,9 @@ class TestKillNine:
     async def test_kill_9_mid_stream_then_restart_stores_every_message_exactly_once(
         self, own_database: str, broker: support.Broker, tmp_path: Path
     ) -> None:
-        machine = await _machine(own_database)
+        machine = await add_machine(own_database)
         service = Service(own_database, broker, tmp_path / "service.log")
-        pool = await asyncpg.create_pool(_dsn(own_database), min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn(own_database), min_size=1, max_size=2)
         try:
             await service.start()
             topic = f"{service.prefix}/machines/{machine}/telemetry"
@@ -156,12 +131,12 @@ class TestDatabaseDown:
     async def test_the_writer_retries_without_acknowledging_and_resumes(
         self, own_database: str, broker: support.Broker
     ) -> None:
-        machine = await _machine(own_database)
+        machine = await add_machine(own_database)
         name = own_database.rsplit("/", 1)[1]
         settings = mqtt_settings(own_database, broker)
         topic = f"{settings.mqtt.topic_prefix}/machines/{machine}/telemetry"
         lines = [json.dumps({"timestamp": 1767607200 + i, "t": i}) for i in range(300)]
-        admin = await asyncpg.connect(_dsn(support.SERVER_URL))
+        admin = await asyncpg.connect(dsn(support.SERVER_URL))
         try:
             async with running(settings) as resources:
                 await subscribed(resources)
@@ -185,7 +160,7 @@ class TestDatabaseDown:
                     return counters.acknowledged == 300
 
                 await eventually(acknowledged, within=30)
-            pool = await asyncpg.create_pool(_dsn(own_database), min_size=1, max_size=1)
+            pool = await asyncpg.create_pool(dsn(own_database), min_size=1, max_size=1)
             try:
                 assert await count_readings(pool, [machine]) == 300
             finally:

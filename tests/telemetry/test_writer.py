@@ -74,6 +74,24 @@ class TestBatchWriter:
         await writer.write(rows, source="test")
         assert [r[3] for r in await stored(pg_pool, machine)] == [False, True, True, False]
 
+    async def test_rows_the_sender_marked_invalid_are_stored_invalid_on_both_paths(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        # A pulled source's bad tags (sources/decoders.py): invalid whatever the value.
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [(T0 + timedelta(seconds=i), machine, "temp", 1.0) for i in range(3)]
+        forced = {(T0 + timedelta(seconds=1), machine, "temp")}
+        heard: list[CommittedBatch] = []
+        writer.listeners.append(heard.append)
+        await writer.write(rows, source="test", forced_invalid=forced)  # copied
+        more = [*rows, (T0 + timedelta(seconds=3), machine, "temp", 1.0)]
+        forced.add((T0 + timedelta(seconds=3), machine, "temp"))
+        await writer.write(more, source="test", forced_invalid=forced)  # staged
+        assert [r[3] for r in await stored(pg_pool, machine)] == [True, False, True, False]
+        assert [r[4] for r in heard[0].rows] == [True, False, True]
+
     async def test_listeners_hear_only_committed_batches(
         self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
     ) -> None:
@@ -147,3 +165,31 @@ class TestOptimisticCopy:
         await writer.write(rows(40), source="test")  # copied again
         assert (writer.copied_batches, writer.staged_batches) == (2, 2)
         assert len(await stored(pg_pool, machine)) == 35
+
+
+class TestConnection:
+    async def test_a_connection_lost_after_the_commit_does_not_fail_the_batch(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        # Returning a connection to the pool resets it, a query of its own: when the server
+        # has just dropped the connection that query fails. The batch committed: failing it
+        # would make the caller write it again (and announce it twice). Whether the client
+        # notices the loss before the reset is a race, hence several rounds.
+        machine = await committed_machine()
+        pool = await asyncpg.create_pool(pg_pool._connect_args[0], min_size=1, max_size=1)
+        try:
+            writer, catalog = writer_for(pool)
+            await catalog.known([machine])
+            for second in range(10):
+                async with writer.connection() as conn:
+                    async with conn.transaction():
+                        row = (T0 + timedelta(seconds=second), machine, "temp", 1.0)
+                        written = await writer.write_in(conn, [row])
+                    pid = conn.get_server_pid()
+                    await pg_pool.execute("SELECT pg_terminate_backend($1)", pid)
+                assert written.inserted == 1
+            assert len(await stored(pg_pool, machine)) == 10
+            # The pool replaced the dead connection.
+            assert await pool.fetchval("SELECT 1") == 1
+        finally:
+            await pool.close()

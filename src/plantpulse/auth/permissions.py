@@ -24,6 +24,8 @@ class Permission(StrEnum):
     config_read = "config:read"
     config_write = "config:write"
     ingest_admin = "ingest:admin"
+    sources_read = "sources:read"
+    sources_write = "sources:write"
     users_manage = "users:manage"
 
 
@@ -39,6 +41,7 @@ _SUPERVISOR = _OPERATOR | {
     Permission.machines_write,
     Permission.telemetry_write,
     Permission.config_read,
+    Permission.sources_read,
 }
 # Management is the administrator role: everything.
 _MANAGEMENT = frozenset(Permission)

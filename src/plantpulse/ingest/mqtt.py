@@ -44,6 +44,8 @@ class MqttIngest:
         self.pipeline = Pipeline(resources, self._registry)
         self._connect_attempt = 0
         self._next_attempt_at: float | None = None
+        # Why the writer task ended, if it ended before we asked it to (a bug: /ready says so).
+        self._writer_failure: str | None = None
 
     @property
     def state(self) -> IngestState:
@@ -163,6 +165,8 @@ class MqttIngest:
             "queue_depth": self.pipeline.queue_depth,
             "paused": self.pipeline.paused,
         }
+        if self._writer_failure is not None:
+            return False, self._writer_failure, info
         if self.pipeline.state.connected:
             return True, None, info
         detail = self.pipeline.state.last_error or "connecting"
@@ -218,8 +222,14 @@ class MqttIngest:
 
     def _drained_callback(self, task: asyncio.Task[None]) -> None:
         self.pipeline.drained.set()
-        if not task.cancelled() and task.exception() is not None:
-            log.error("MQTT writer stopped", exc_info=task.exception())
+        error = None if task.cancelled() else task.exception()
+        if error is not None or not self.pipeline.stopping.is_set():
+            # Nothing more is stored or acknowledged; the broker keeps the messages for the
+            # next start. /ready reports MQTT down from now on.
+            why = f"{type(error).__name__}: {error}" if error is not None else "it returned"
+            self._writer_failure = f"the writer stopped: {why}"[:500]
+            self.pipeline.state.error(self._writer_failure)
+            log.error("MQTT writer stopped; restart the process", exc_info=error)
 
     async def _stop(self, writer: asyncio.Task[None], connection: asyncio.Task[None]) -> None:
         """Stop taking messages, flush and acknowledge what we hold, disconnect; bounded."""

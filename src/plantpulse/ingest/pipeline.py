@@ -14,32 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from plantpulse.db_errors import is_transient
-from plantpulse.ingest import dead_letters
-from plantpulse.ingest.decoders import (
-    DecodeError,
-    DecoderRegistry,
-    Reason,
-    StatusChange,
-    Telemetry,
-)
+from plantpulse.ingest.decoders import DecodeError, DecoderRegistry, Reason, StatusChange, Telemetry
+from plantpulse.ingest.messages import SOURCE, Pending, dead_letters_of, rejections
 from plantpulse.ingest.paho_bridge import Link, Publish
 from plantpulse.ingest.stats import IngestState
-from plantpulse.machines import connectivity
 from plantpulse.state import Resources
 from plantpulse.telemetry.payloads import Clock, Parsed, Row
-from plantpulse.telemetry.service import keep_known_machines
+from plantpulse.telemetry.service import store_batch
 
 log = logging.getLogger(__name__)
 
-SOURCE = "mqtt"
 # Readings (not messages) the queue may hold before we stop reading; messages are bounded by
 # settings.ingest.queue_max_messages.
 QUEUE_READINGS_FACTOR = 8
@@ -50,22 +41,6 @@ RETRY_MAX_SECONDS = 5.0
 # A database error that is not a lost connection is retried this often before the batch is
 # split to find (and dead-letter) the message that causes it.
 PERMANENT_ERROR_ATTEMPTS = 3
-
-
-@dataclass(slots=True)
-class Pending:
-    """One received message between the callback and its acknowledgement."""
-
-    mid: int
-    qos: int
-    generation: int
-    topic: str
-    payload: bytes
-    arrived: float
-    rows: list[Row]
-    status: StatusChange | None
-    # "<reason code>: <detail>" when the message (or part of it) is a dead letter.
-    dead: str | None
 
 
 class Pipeline:
@@ -151,7 +126,7 @@ class Pipeline:
                 if isinstance(decoded, Telemetry):
                     rows = decoded.parsed.rows
                     if decoded.parsed.rejected:
-                        dead = _rejections(decoded.parsed)
+                        dead = rejections(decoded.parsed)
                 else:
                     status = decoded
         self._queue.append(
@@ -231,15 +206,14 @@ class Pipeline:
         # and acknowledged after its own commit, but acknowledgements go out in the order the
         # messages came in: MQTT wants PUBACKs in the order of the PUBLISHes (section 4.6).
         # A slot is taken before a batch leaves the queue, so at most that many batches are
-        # held outside it (the backpressure bound stays the queue's).
+        # held outside it (the backpressure bound stays the queue's). A flush never fails:
+        # it retries until its batch is committed.
         slots = asyncio.Semaphore(self._settings.ingest.writer_connections)
         previous: asyncio.Task[None] | None = None
         flushes: set[asyncio.Task[None]] = set()
         try:
             while True:
                 await slots.acquire()
-                if previous is not None and previous.done() and (error := previous.exception()):
-                    raise error
                 batch = await self._next_batch()
                 if batch is None:
                     break
@@ -260,26 +234,36 @@ class Pipeline:
             await self._commit(batch)
             self.state.flush_seconds.append(time.monotonic() - started)
             if previous is not None:
-                await previous
+                await asyncio.wait([previous])  # its outcome is its own
             self.state.commit_lag_seconds.append(time.time() - batch[0].arrived)
-            self._acknowledge(batch)
+            try:
+                self._acknowledge(batch)
+            except Exception as exc:  # committed: the broker redelivers, the key dedupes
+                log.exception("MQTT acknowledgements failed")
+                self.state.error(f"acknowledgements: {type(exc).__name__}: {exc}")
         finally:
             slots.release()
 
-    async def _commit(self, batch: list[Pending]) -> None:
-        """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile."""
+    async def _commit(self, batch: list[Pending], *, dead_lettered: bool = False) -> None:
+        """Store a batch, retrying until it is committed; nothing is acknowledged meanwhile.
+
+        Every failure is retried with backoff. A lost or refused connection (db_errors) is
+        retried for as long as it takes, each time on a fresh connection (the writer closes
+        one that failed); anything else, a few times, then the batch is split until the
+        message the database refuses is found and dead-lettered (`_isolate`)."""
         attempt = 0
         permanent = 0
-        stored = False
         while True:
             try:
-                stored = await self._store(batch, rows_stored=stored)
+                await self._store(batch)
                 return
             except Exception as exc:
                 self._retrying(exc, attempt)
                 if not is_transient(exc):
                     permanent += 1
-                    if permanent >= PERMANENT_ERROR_ATTEMPTS:
+                    # When even the dead letter of one message is refused there is nothing
+                    # left to split: the database is at fault, keep retrying.
+                    if permanent >= PERMANENT_ERROR_ATTEMPTS and not dead_lettered:
                         await self._isolate(batch, exc)
                         return
             await asyncio.sleep(min(RETRY_MAX_SECONDS, RETRY_FIRST_SECONDS * 2**attempt))
@@ -296,71 +280,37 @@ class Pipeline:
         if len(batch) == 1:
             item = batch[0]
             item.rows = []
+            item.status = None
             item.dead = f"{Reason.storage_error}: {type(exc).__name__}: {exc}"[:1000]
-            await self._commit(batch)
+            await self._commit(batch, dead_lettered=True)
             return
         half = len(batch) // 2
         await self._commit(batch[:half])
         await self._commit(batch[half:])
 
-    async def _store(self, batch: list[Pending], *, rows_stored: bool) -> bool:
+    async def _store(self, batch: list[Pending]) -> None:
+        """One transaction: readings, status changes, dead letters (telemetry.service)."""
         resources = self._resources
+        stored = await store_batch(
+            Parsed(rows=[row for item in batch for row in item.rows]),
+            catalog=resources.catalog,
+            writer=resources.writer,
+            auto_register=resources.live.auto_register_machines,
+            source=SOURCE,
+            statuses=[(i.status.machine_id, i.status.connectivity) for i in batch if i.status],
+            feed=resources.connectivity,
+            dead_letters_of=functools.partial(dead_letters_of, batch),
+        )
+        # Counted once, after the commit.
         counters = self.state.counters
-        rows = [row for item in batch for row in item.rows]
-        unknown: set[uuid.UUID] = set()
-        if rows and not rows_stored:
-            parsed = Parsed(rows=rows)
-            kept = await keep_known_machines(
-                resources.catalog, parsed, auto_register=resources.live.auto_register_machines
-            )
-            if kept is not parsed:
-                unknown = {r[1] for r in rows} - {r[1] for r in kept.rows}
-            result = await resources.writer.write(kept.rows, source=SOURCE)
-            counters.readings_received += result.received
-            counters.readings_stored += result.inserted
-            counters.duplicates += result.duplicates
-        letters: list[dead_letters.DeadLetter] = []
-        statuses = [
-            (item.status.machine_id, item.status.connectivity) for item in batch if item.status
-        ]
-        if not statuses and not unknown and not any(item.dead for item in batch):
-            # The common case: readings only, all stored; no second transaction to wait for.
-            counters.accepted += len(batch)
-            counters.batches += 1
-            return True
-        async with resources.pg.acquire() as conn, conn.transaction():
-            applied = await connectivity.record(conn, statuses) if statuses else []
-            updated = {change.machine_id for change in applied}
-            for item in batch:
-                reasons = [item.dead] if item.dead else []
-                if unknown and item.rows:
-                    missing = sorted({str(r[1]) for r in item.rows if r[1] in unknown})
-                    if missing:
-                        reasons.append(
-                            f"{Reason.unknown_machine}: not registered: {', '.join(missing[:5])}"
-                        )
-                if item.status and item.status.machine_id not in updated:
-                    reasons.append(
-                        f"{Reason.unknown_machine}: machine {item.status.machine_id} "
-                        "is not registered"
-                    )
-                if reasons:
-                    letters.append(
-                        dead_letters.DeadLetter(
-                            received_at=datetime.fromtimestamp(item.arrived, UTC),
-                            source=SOURCE,
-                            topic=item.topic,
-                            reason="; ".join(reasons),
-                            payload=item.payload,
-                        )
-                    )
-            await dead_letters.record(conn, letters)
-        resources.connectivity.publish(applied)
-        counters.status_updates += len(applied)
-        counters.rejected += len(letters)
-        counters.accepted += len(batch) - len(letters)
+        result = stored.written.result
+        counters.readings_received += result.received
+        counters.readings_stored += result.inserted
+        counters.duplicates += result.duplicates
+        counters.status_updates += len(stored.applied)
+        counters.rejected += stored.dead_letters
+        counters.accepted += len(batch) - stored.dead_letters
         counters.batches += 1
-        return True
 
     def _acknowledge(self, batch: list[Pending]) -> None:
         connection = self.link
@@ -375,10 +325,3 @@ class Pipeline:
                 connection.ack(item.mid, item.qos)
                 acked += 1
         self.state.counters.acknowledged += acked
-
-
-def _rejections(parsed: Parsed) -> str:
-    shown = "; ".join(f"{r.where}: {r.reason}" for r in parsed.rejected[:5])
-    more = f" (+{len(parsed.rejected) - 5} more)" if len(parsed.rejected) > 5 else ""
-    total = len(parsed.rows) + len(parsed.rejected)
-    return f"{Reason.rejected_values}: {len(parsed.rejected)} of {total} rejected: {shown}{more}"

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 Range = tuple[float | None, float | None]
 
@@ -31,8 +32,11 @@ class MachineCatalog:
         self._known.pop(machine_id, None)
         self._unknown.pop(machine_id, None)
 
-    async def known(self, machine_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
-        """The subset of `machine_ids` that exist."""
+    async def known(
+        self, machine_ids: Iterable[uuid.UUID], conn: PoolConnectionProxy | None = None
+    ) -> set[uuid.UUID]:
+        """The subset of `machine_ids` that exist (looked up on `conn` if given, e.g. inside
+        an ingest batch's transaction: only rows committed before it are cached)."""
         now = time.monotonic()
         wanted = set(machine_ids)
         result: set[uuid.UUID] = set()
@@ -44,20 +48,25 @@ class MachineCatalog:
             elif self._unknown.get(machine_id, 0.0) <= now:
                 missing.append(machine_id)
         if missing:
-            await self._load(missing, now)
+            if conn is None:
+                async with self._pool.acquire() as own:
+                    await self._load(own, missing, now)
+            else:
+                await self._load(conn, missing, now)
             result.update(m for m in missing if m in self._known)
         return result
 
-    async def _load(self, machine_ids: list[uuid.UUID], now: float) -> None:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """
-                SELECT m.id, mm.name, mm.min_value, mm.max_value
-                FROM machines m LEFT JOIN machine_metrics mm ON mm.machine_id = m.id
-                WHERE m.id = ANY($1::uuid[])
-                """,
-                machine_ids,
-            )
+    async def _load(
+        self, conn: PoolConnectionProxy, machine_ids: list[uuid.UUID], now: float
+    ) -> None:
+        rows = await conn.fetch(
+            """
+            SELECT m.id, mm.name, mm.min_value, mm.max_value
+            FROM machines m LEFT JOIN machine_metrics mm ON mm.machine_id = m.id
+            WHERE m.id = ANY($1::uuid[])
+            """,
+            machine_ids,
+        )
         found: dict[uuid.UUID, dict[str, Range]] = {}
         for row in rows:
             metrics = found.setdefault(row["id"], {})
@@ -82,14 +91,17 @@ class MachineCatalog:
             if cached is not None:
                 cached[1].setdefault(name, (None, None))
 
-    async def register(self, machine_ids: Iterable[uuid.UUID]) -> None:
-        """Create machines for unknown ids (the auto-register setting); the id is the name."""
-        ids = sorted(set(machine_ids))
-        async with self._pool.acquire() as conn:
-            await conn.executemany(
-                "INSERT INTO machines (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-                [(machine_id, str(machine_id)) for machine_id in ids],
-            )
-        for machine_id in ids:
+    @staticmethod
+    async def register(conn: PoolConnectionProxy, machine_ids: Iterable[uuid.UUID]) -> None:
+        """Create machines for unknown ids (the auto-register setting; the id is the name), in
+        the caller's transaction. Nothing is cached until `registered` after the commit: a
+        rolled-back registration must not be taken for a machine."""
+        await conn.executemany(
+            "INSERT INTO machines (id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            [(machine_id, str(machine_id)) for machine_id in sorted(set(machine_ids))],
+        )
+
+    def registered(self, machine_ids: Iterable[uuid.UUID]) -> None:
+        """Machines `register` created were committed: the next lookup loads them."""
+        for machine_id in machine_ids:
             self._unknown.pop(machine_id, None)
-        await self._load(ids, time.monotonic())

@@ -152,6 +152,38 @@ async def latest(
     return await pool.fetch(sql, list(machine_ids))
 
 
+MACHINE_LATEST_SQL = """
+    SELECT m.name, r.metric, r.time, r.value, r.valid
+    FROM machines m
+    LEFT JOIN LATERAL (
+        SELECT mm.name AS metric, x.time, x.value, x.valid
+        FROM machine_metrics mm
+        CROSS JOIN LATERAL (
+            SELECT time, value, valid FROM readings
+            WHERE machine_id = mm.machine_id AND metric = mm.name {valid}
+            ORDER BY time DESC LIMIT 1
+        ) x
+        WHERE mm.machine_id = m.id
+    ) r ON true
+    WHERE m.id = $1
+"""
+_MACHINE_LATEST = {
+    include: MACHINE_LATEST_SQL.format(valid=_valid(include)) for include in (False, True)
+}
+
+
+async def machine_latest(
+    pool: asyncpg.Pool, *, machine_id: uuid.UUID, include_invalid: bool
+) -> tuple[str, list[asyncpg.Record]] | None:
+    """(name, newest reading of each catalogued metric) of one machine in one round trip
+    (the latest-values route is the most polled of all), or None if there is no such machine.
+    Records have metric, time, value, valid; a machine without readings has none."""
+    rows = await pool.fetch(_MACHINE_LATEST[include_invalid], machine_id)
+    if not rows:
+        return None
+    return rows[0]["name"], [row for row in rows if row["metric"] is not None]
+
+
 async def machine_page(
     pool: asyncpg.Pool, *, machine_ids: Sequence[uuid.UUID] | None, limit: int, offset: int
 ) -> tuple[list[asyncpg.Record], int]:

@@ -59,7 +59,8 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     207: {
         "model": IngestResult,
         "description": "Some readings were accepted, some rejected: `rejected_items` says "
-        "where and why",
+        "where and why. A request holds one value per machine, metric and time: later ones "
+        "(e.g. readings without timestamps, which all take the same time) are rejected",
     },
     **error_responses(400, 401, 403, 404, 503),
     413: {
@@ -574,19 +575,20 @@ def _json(data: Any) -> Response:
 )
 async def machine_latest(
     machine_id: uuid.UUID,
-    session: DbSession,
     resources: AppResources,
     principal: ReadTelemetry,
     include_invalid: IncludeInvalid = False,
 ) -> Response:
     """The newest value of every metric of a machine, by event time."""
     include_invalid = _may_see_invalid(principal, include_invalid)
-    machine = await machines.get_machine(session, machine_id)
     async with service.database_errors():
-        records = await queries.latest(
-            resources.pg, machine_ids=[machine_id], include_invalid=include_invalid
+        found = await queries.machine_latest(
+            resources.pg, machine_id=machine_id, include_invalid=include_invalid
         )
-    return _json(_machine_latest(machine_id, machine.name, records, include_invalid))
+    if found is None:
+        raise machines.MachineNotFound(f"machine {machine_id} does not exist")
+    name, records = found
+    return _json(_machine_latest(machine_id, name, records, include_invalid))
 
 
 def _parse_ids(value: str | None) -> list[uuid.UUID] | None:

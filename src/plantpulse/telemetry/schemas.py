@@ -135,8 +135,10 @@ class DeleteResult(BaseModel):
 # so these document it in OpenAPI.
 READING_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "`timestamp` (ISO 8601 with offset, or epoch s/ms) plus any numeric "
-    "field, each a metric",
+    "description": "`timestamp` (ISO 8601 with offset, or epoch s/ms; default: the batch's, "
+    "then the server's time) plus any numeric field, each a metric. One request holds one value "
+    "per machine, metric and time: a later one is rejected, so give each reading of a list its "
+    "own timestamp",
     "properties": {"timestamp": {"type": ["string", "number"]}},
     "additionalProperties": {"type": ["number", "null"]},
 }

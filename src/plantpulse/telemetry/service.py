@@ -1,6 +1,6 @@
-"""Telemetry use cases: the ingest steps shared by HTTP and MQTT (drop rows of unknown
-machines or register them, hand the rest to the batch writer) and the parsing of query
-parameters (time ranges, bucket intervals, metric lists) into checked values."""
+"""Telemetry use cases: the ingest batch shared by HTTP and MQTT (`store_batch`: one
+transaction for everything a batch changes) and the parsing of query parameters (time
+ranges, bucket intervals, metric lists) into checked values."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import logging
 import math
 import re
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, time, timedelta
@@ -18,8 +18,9 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
-from plantpulse.db_errors import is_database_error
+from plantpulse.db_errors import is_database_error, is_transient
 from plantpulse.errors import DatabaseUnavailable as DatabaseUnavailable  # re-exported
 from plantpulse.errors import (
     InvalidInput,
@@ -27,7 +28,10 @@ from plantpulse.errors import (
     PlantPulseError,
     database_error,
 )
+from plantpulse.ingest import dead_letters
+from plantpulse.machines import connectivity
 from plantpulse.machines.catalog import MachineCatalog
+from plantpulse.machines.models import Connectivity
 from plantpulse.telemetry import queries, rollups
 from plantpulse.telemetry.payloads import (
     EPOCH_MS_THRESHOLD,
@@ -36,7 +40,7 @@ from plantpulse.telemetry.payloads import (
     Parsed,
     Rejection,
 )
-from plantpulse.telemetry.writer import BatchWriter
+from plantpulse.telemetry.writer import NOTHING_WRITTEN, BatchWriter, Written
 
 log = logging.getLogger(__name__)
 
@@ -66,28 +70,83 @@ class TooManyReadings(PayloadTooLarge):
 # Ingest
 
 
-async def keep_known_machines(
-    catalog: MachineCatalog, parsed: Parsed, *, auto_register: bool
-) -> Parsed:
-    """Rows of unregistered machines become rejections, unless auto-registration is on."""
+# Runs last in a batch's transaction, before the commit (MQTT records packet ids with it).
+BeforeCommit = Callable[[PoolConnectionProxy], Awaitable[None]]
+# The dead letters of a batch, given the machines whose rows were dropped as unregistered and
+# the status changes that were applied; recorded in the batch's transaction.
+DeadLettersOf = Callable[
+    [frozenset[uuid.UUID], Sequence[connectivity.ConnectivityChange]],
+    Sequence[dead_letters.DeadLetter],
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredBatch:
+    """What a committed batch did."""
+
+    # Readings of known (or just registered) machines, and the rejections of unknown ones.
+    kept: Parsed
+    # Machines whose readings were dropped: not registered, auto-registration off.
+    unknown: frozenset[uuid.UUID]
+    written: Written
+    applied: list[connectivity.ConnectivityChange]
+    dead_letters: int
+
+
+async def store_batch(
+    parsed: Parsed,
+    *,
+    catalog: MachineCatalog,
+    writer: BatchWriter,
+    auto_register: bool,
+    source: str,
+    statuses: Sequence[tuple[uuid.UUID, Connectivity]] = (),
+    feed: connectivity.ConnectivityFeed | None = None,
+    dead_letters_of: DeadLettersOf | None = None,
+    extra: BeforeCommit | None = None,
+) -> StoredBatch:
+    """Store an ingest batch in one transaction on one connection: keep the readings of known
+    machines (or register the unknown ones), write them, apply status changes, record dead
+    letters, run `extra`; then, once committed and only then, tell the listeners (readings,
+    then connectivity on `feed`). Raises on database errors with nothing committed: the
+    caller may retry the whole batch, which is never announced twice for one commit."""
+    if not (parsed.rows or statuses or dead_letters_of or extra):
+        return StoredBatch(parsed, frozenset(), NOTHING_WRITTEN, [], 0)
+    async with writer.connection() as conn, conn.transaction():
+        kept, unknown = await _keep_known(catalog, conn, parsed, auto_register=auto_register)
+        registering = unknown if auto_register else set()
+        dropped = frozenset(unknown - registering)
+        if registering:
+            await catalog.register(conn, registering)
+        written = await writer.write_in(conn, kept.rows, forced_invalid=kept.forced_invalid)
+        applied = await connectivity.record(conn, statuses) if statuses else []
+        letters = dead_letters_of(dropped, applied) if dead_letters_of else ()
+        await dead_letters.record(conn, letters)
+        if extra is not None:
+            await extra(conn)
+    catalog.registered(registering)
+    writer.committed(written, source=source)
+    if feed is not None:
+        feed.publish(applied)
+    return StoredBatch(kept, dropped, written, applied, len(letters))
+
+
+async def _keep_known(
+    catalog: MachineCatalog, conn: PoolConnectionProxy, parsed: Parsed, *, auto_register: bool
+) -> tuple[Parsed, set[uuid.UUID]]:
+    """(rows to write, machines not registered): rows of unregistered machines become
+    rejections, unless they are about to be registered."""
     wanted = {row[1] for row in parsed.rows}
     if not wanted:
-        return parsed
-    known = await catalog.known(wanted)
-    unknown = wanted - known
-    if not unknown:
-        return parsed
-    if auto_register:
-        await catalog.register(unknown)
-        return parsed
-    result = Parsed(rejected=list(parsed.rejected))
-    for row in parsed.rows:
-        if row[1] in unknown:
-            continue
-        result.rows.append(row)
+        return parsed, set()
+    unknown = wanted - await catalog.known(wanted, conn)
+    if not unknown or auto_register:
+        return parsed, unknown
+    result = Parsed(rejected=list(parsed.rejected), forced_invalid=parsed.forced_invalid)
+    result.rows = [row for row in parsed.rows if row[1] not in unknown]
     for machine_id in sorted(unknown, key=str):
         result.reject(str(machine_id), f"machine {machine_id} is not registered")
-    return result
+    return result, unknown
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +198,22 @@ async def ingest(
             "(split the batch)"
         )
     async with database_errors():
-        kept = await keep_known_machines(catalog, parsed, auto_register=auto_register)
-        if not kept.rows:
-            return IngestOutcome(accepted=0, duplicates=0, rejected=kept.rejected)
-        result = await writer.write(kept.rows, source=source)
+        try:
+            stored = await store_batch(
+                parsed, catalog=catalog, writer=writer, auto_register=auto_register, source=source
+            )
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            # Once more, on a fresh connection: the one that failed may have been closed by
+            # the server while idle in the pool (a restart, a terminated backend). Safe: the
+            # batch is one transaction and stored readings are skipped by their unique key.
+            stored = await store_batch(
+                parsed, catalog=catalog, writer=writer, auto_register=auto_register, source=source
+            )
+    result = stored.written.result
     return IngestOutcome(
-        accepted=result.received, duplicates=result.duplicates, rejected=kept.rejected
+        accepted=result.received, duplicates=result.duplicates, rejected=stored.kept.rejected
     )
 
 

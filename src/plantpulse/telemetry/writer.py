@@ -1,16 +1,21 @@
 """The one batch writer behind HTTP and MQTT ingest.
 
-Per batch, in one transaction: store the rows, register metrics seen for the first time, and
-touch `last_seen_at` at most every few seconds per machine. Listeners hear about a batch only
-after it committed.
+Inside the caller's transaction (`write_in`): store the rows, register metrics seen for the
+first time, and touch `last_seen_at` at most every few seconds per machine. Once the caller
+has committed, `committed` tells the listeners, once per batch; a batch that did not commit is
+never announced. `telemetry.service.store_batch` is the transaction of an ingest batch.
 
 Rows are stored optimistically: a plain COPY straight into the hypertable, the cheapest write
 PostgreSQL has (~1.7x the staged path, docs/ingest.md). Fresh data, the normal case, never
 collides with the unique key `(machine_id, metric, time)`; when a batch does (a redelivery, a
-re-sent request), the COPY fails as a whole, the transaction rolls back and the batch goes
-the idempotent way: COPY into a per-connection staging table, then `INSERT ... SELECT ... ON
+re-sent request), the COPY fails as a whole, its savepoint rolls back and the batch goes the
+idempotent way: COPY into a per-connection staging table, then `INSERT ... SELECT ... ON
 CONFLICT DO NOTHING`. After such a batch the next one is staged directly (redeliveries come in
 runs, e.g. after a restart) until a staged batch turns out free of duplicates.
+
+A connection on which an operation failed for any reason but an error reported by a healthy
+server session (an outage, a terminated backend, a protocol state broken mid-COPY) is closed,
+never returned to the pool: the next attempt gets a fresh one (`connection`).
 """
 
 from __future__ import annotations
@@ -18,13 +23,15 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from plantpulse.db_errors import is_transient
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.telemetry.payloads import Row
 
@@ -32,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # (time, machine_id, metric, value, valid)
 StoredRow = tuple[datetime, uuid.UUID, str, float, bool]
+# (time, machine_id, metric) of rows to store as invalid whatever their value.
+Invalid = Collection[tuple[datetime, uuid.UUID, str]]
 
 _STAGE = """
 CREATE TEMP TABLE IF NOT EXISTS readings_stage (
@@ -56,6 +65,23 @@ class WriteResult:
     @property
     def duplicates(self) -> int:
         return self.received - self.inserted
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """Rows written in a transaction that has not committed yet (`BatchWriter.write_in`)."""
+
+    rows: list[StoredRow]
+    inserted: int
+    new_metrics: set[tuple[uuid.UUID, str]]
+    last_seen: list[uuid.UUID]
+
+    @property
+    def result(self) -> WriteResult:
+        return WriteResult(received=len(self.rows), inserted=self.inserted)
+
+
+NOTHING_WRITTEN = Written(rows=[], inserted=0, new_metrics=set(), last_seen=[])
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +110,9 @@ class BatchWriter:
         self.listeners: list[Listener] = []
         self.in_transaction: list[TransactionHook] = []
 
-    def _validate(self, rows: Sequence[Row]) -> tuple[list[StoredRow], set[tuple[uuid.UUID, str]]]:
+    def _validate(
+        self, rows: Sequence[Row], forced_invalid: Invalid
+    ) -> tuple[list[StoredRow], set[tuple[uuid.UUID, str]]]:
         stored: list[StoredRow] = []
         new_metrics: set[tuple[uuid.UUID, str]] = set()
         metrics_of = self._catalog.metrics
@@ -96,6 +124,8 @@ class BatchWriter:
                 limits = (None, None)
             low, high = limits
             valid = (low is None or value >= low) and (high is None or value <= high)
+            if forced_invalid and (t, machine_id, metric) in forced_invalid:
+                valid = False
             stored.append((t, machine_id, metric, value, valid))
         return stored, new_metrics
 
@@ -107,70 +137,104 @@ class BatchWriter:
                 due.append(machine_id)
         return due
 
-    async def write(self, rows: Sequence[Row], *, source: str) -> WriteResult:
-        """Store rows of known machines; returns how many were new. Raises on database errors
-        (the caller keeps the batch and retries; nothing is acknowledged meanwhile)."""
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[PoolConnectionProxy]:
+        """A pool connection that goes back to the pool only if it is known to be sound."""
+        conn = await self._pool.acquire()
+        try:
+            yield conn
+        except BaseException as exc:
+            # A server-reported error (a constraint, a bad value) leaves the session usable
+            # once its transaction is rolled back; anything else (a terminated backend, a
+            # protocol state broken mid-COPY, a cancellation mid-operation) may not: close
+            # it rather than count on the pool's reset to notice.
+            if not isinstance(exc, asyncpg.PostgresError) or is_transient(exc):
+                conn.terminate()
+            if isinstance(exc, Exception) and is_transient(exc):
+                # The server may have dropped every connection (a restart, a failover,
+                # terminated backends): replace the idle ones at their next use rather than
+                # fail one request or batch per stale connection.
+                await self._pool.expire_connections()
+            raise
+        finally:
+            try:
+                await self._pool.release(conn)
+            except Exception as exc:
+                # The pool resets a connection it takes back; if the server has just dropped
+                # it that fails, and the pool closes it. The work on it is over (committed or
+                # rolled back): failing now would have the caller write a committed batch again.
+                log.info("a pool connection was lost on release: %s: %s", type(exc).__name__, exc)
+                await self._pool.expire_connections()
+
+    async def write_in(
+        self, conn: PoolConnectionProxy, rows: Sequence[Row], *, forced_invalid: Invalid = ()
+    ) -> Written:
+        """Store rows of known machines inside the caller's open transaction (once per
+        transaction: the staging table empties at commit); nothing is announced until
+        `committed`. Raises on database errors (the caller retries the transaction).
+
+        A row whose (time, machine_id, metric) is in `forced_invalid` is stored with
+        valid=false even inside its metric's plausible range (a pulled source's bad tags)."""
         if not rows:
-            return WriteResult(0, 0)
-        stored, new_metrics = self._validate(rows)
+            return NOTHING_WRITTEN
+        stored, new_metrics = self._validate(rows, forced_invalid)
         due = self._due_last_seen(rows)
         inserted: int | None = None
-        async with self._pool.acquire() as conn:
-            if self._optimistic:
-                inserted = await self._copy(conn, stored, new_metrics, due)
-            if inserted is None:
-                inserted = await self._merge(conn, stored, new_metrics, due)
-                self.staged_batches += 1
-                self._optimistic = inserted == len(stored)
-            else:
-                self.copied_batches += 1
-        self._catalog.add_metrics(new_metrics)
+        if self._optimistic:
+            inserted = await self._copy(conn, stored)
+        if inserted is None:
+            inserted = await self._merge(conn, stored)
+            self.staged_batches += 1
+            self._optimistic = inserted == len(stored)
+        else:
+            self.copied_batches += 1
+        await _register(conn, new_metrics, due)
+        for hook in self.in_transaction:
+            await hook(conn, stored)
+        return Written(rows=stored, inserted=inserted, new_metrics=new_metrics, last_seen=due)
+
+    def committed(self, written: Written, *, source: str) -> None:
+        """After the commit of what `write_in` wrote: remember it, tell the listeners."""
+        if not written.rows:
+            return
+        self._catalog.add_metrics(written.new_metrics)
         stamp = time.monotonic()
-        for machine_id in due:
+        for machine_id in written.last_seen:
             self._last_seen[machine_id] = stamp
-        batch = CommittedBatch(rows=stored, source=source)
+        batch = CommittedBatch(rows=written.rows, source=source)
         for listener in self.listeners:
             try:
                 listener(batch)
             except Exception:  # a broken listener must not fail a committed write
                 log.exception("telemetry listener %r failed", listener)
-        return WriteResult(received=len(rows), inserted=inserted)
 
-    async def _hooks(self, conn: PoolConnectionProxy, stored: list[StoredRow]) -> None:
-        for hook in self.in_transaction:
-            await hook(conn, stored)
+    async def write(
+        self, rows: Sequence[Row], *, source: str, forced_invalid: Invalid = ()
+    ) -> WriteResult:
+        """Rows of known machines in a transaction of their own (tools and tests; ingest goes
+        through `telemetry.service.store_batch`). Raises on database errors."""
+        if not rows:
+            return WriteResult(0, 0)
+        async with self.connection() as conn, conn.transaction():
+            written = await self.write_in(conn, rows, forced_invalid=forced_invalid)
+        self.committed(written, source=source)
+        return written.result
 
-    async def _copy(
-        self,
-        conn: PoolConnectionProxy,
-        stored: list[StoredRow],
-        new_metrics: set[tuple[uuid.UUID, str]],
-        due: list[uuid.UUID],
-    ) -> int | None:
+    async def _copy(self, conn: PoolConnectionProxy, stored: list[StoredRow]) -> int | None:
         """All rows straight into the hypertable; None (rolled back) if any was stored before."""
         try:
+            # A savepoint: the caller's transaction survives a collision.
             async with conn.transaction():
                 await conn.copy_records_to_table("readings", records=stored, columns=_COLUMNS)
-                await _register(conn, new_metrics, due)
-                await self._hooks(conn, stored)
         except asyncpg.UniqueViolationError:
             return None
         return len(stored)
 
-    async def _merge(
-        self,
-        conn: PoolConnectionProxy,
-        stored: list[StoredRow],
-        new_metrics: set[tuple[uuid.UUID, str]],
-        due: list[uuid.UUID],
-    ) -> int:
+    async def _merge(self, conn: PoolConnectionProxy, stored: list[StoredRow]) -> int:
         """The idempotent path: rows already stored are skipped; returns how many were new."""
-        async with conn.transaction():
-            await conn.execute(_STAGE)
-            await conn.copy_records_to_table("readings_stage", records=stored, columns=_COLUMNS)
-            status = await conn.execute(_MERGE)
-            await _register(conn, new_metrics, due)
-            await self._hooks(conn, stored)
+        await conn.execute(_STAGE)
+        await conn.copy_records_to_table("readings_stage", records=stored, columns=_COLUMNS)
+        status = await conn.execute(_MERGE)
         return int(status.rsplit(" ", 1)[-1])
 
 
