@@ -43,6 +43,7 @@ from plantpulse.state import Resources
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.sysconfig.router import router as config_router
 from plantpulse.sysconfig.sync import start_config_sync
+from plantpulse.telemetry import rollups
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.router import router as telemetry_router
 from plantpulse.telemetry.writer import BatchWriter
@@ -168,6 +169,14 @@ async def lifespan_resources(settings: Settings) -> AsyncIterator[Resources]:
         telemetry_cache = TelemetryCache(redis, settings.redis.key_prefix)
         resources.extras["telemetry_cache"] = telemetry_cache
         resources.writer.listeners.append(telemetry_cache.on_batch)
+        # Every edition: rollups/refresher is PlantPulse's own (telemetry/rollups.py says why).
+        resources.writer.in_transaction.append(rollups.mark_dirty)
+        resources.supervisor.spawn(
+            "rollups",
+            lambda: rollups.refresher(
+                pg, live=resources.live, invalidate=telemetry_cache.invalidate
+            ),
+        )
         await start_config_sync(resources, stack)
         await start_hub(resources, stack)
         await start_alerts(resources, stack)

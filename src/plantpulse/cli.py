@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from plantpulse import __version__
 
 # Modules under plantpulse/bench/ that provide `register(subparsers)`.
-BENCHMARKS: list[str] = ["ingest", "query", "e2e", "api"]
+BENCHMARKS: list[str] = ["ingest", "query", "e2e", "api", "rollups"]
 
 
 def _fail(message: str) -> int:

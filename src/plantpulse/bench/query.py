@@ -137,7 +137,7 @@ async def _explain(pool: asyncpg.Pool, sql: str, *args: object) -> str:
 
 
 async def _bench(args: argparse.Namespace, url: str) -> str:
-    from plantpulse.telemetry import queries
+    from plantpulse.telemetry import queries, rollups, service
 
     dsn = _dsn(url)
     rng = random.Random(11)  # noqa: S311
@@ -163,6 +163,20 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
         size = await pool.fetchval("SELECT pg_size_pretty(hypertable_size('readings'))")
         timescale = bool(chunks is not None)
         print(f"    stored {stored:,} readings in {chunks} chunks ({size})")
+        # COPY above bypassed the writer (and its rollup markers): roll up everything once.
+        started = time.perf_counter()
+        await rollups.rebuild(pool)
+        args.rollup_seconds = time.perf_counter() - started
+        await pool.execute("VACUUM ANALYZE readings_1m")
+        await pool.execute("VACUUM ANALYZE readings_1h")
+        args.rollup_sizes = {
+            table: (
+                await pool.fetchval(f"SELECT pg_size_pretty(pg_total_relation_size('{table}'))"),
+                await pool.fetchval(f"SELECT count(*) FROM {table}"),  # noqa: S608
+            )
+            for table in ("readings_1m", "readings_1h")
+        }
+        print(f"    rolled up in {args.rollup_seconds:.1f} s: {args.rollup_sizes}")
 
         window_end = end + timedelta(seconds=1)
         window_start = window_end - timedelta(hours=24)
@@ -206,6 +220,67 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
             )
             assert len(rows) >= 1440 * len(metrics) - len(metrics)  # noqa: S101
 
+        now = datetime.now(UTC)
+        store_start = times[0]
+
+        async def from_rollups(width: timedelta, start: datetime, source: str) -> None:
+            plan = rollups.plan(start, window_end, width=width, now=now)
+            assert plan.source == source, plan  # noqa: S101
+            await queries.rollup_buckets(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics,
+                plan=plan,
+                interval=width,
+                aggregates=aggregates,
+                include_invalid=False,
+            )
+
+        async def p3_rollup() -> None:
+            await from_rollups(timedelta(minutes=1), window_start, "1m")
+
+        async def hourly_rollup() -> None:
+            await from_rollups(timedelta(hours=1), store_start, "1h")
+
+        async def hourly_raw() -> None:
+            await queries.buckets(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics,
+                start=store_start,
+                end=window_end,
+                interval=timedelta(hours=1),
+                aggregates=aggregates,
+                include_invalid=False,
+                timescale=timescale,
+            )
+
+        async def chart(source: str) -> None:
+            window = service.TimeRange(store_start, window_end)
+            plan = service.chart_plan(window, 1000, now=now)
+            if source == "raw":
+                plan = service.ChartPlan(
+                    plan.width,
+                    plan.origin,
+                    rollups.Plan("raw", window.start, window.end, window.end, window.end),
+                )
+            assert plan.plan.source == source, plan  # noqa: S101
+            await queries.m4(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics[:1],
+                plan=plan.plan,
+                width=plan.width,
+                origin=plan.origin,
+                include_invalid=False,
+            )
+
+        async def chart_rollup() -> None:
+            await chart("1m")
+
+        async def chart_raw() -> None:
+            await chart("raw")
+
         async def fleet() -> None:
             rows = await queries.latest(pool, machine_ids=machines, include_invalid=False)
             assert len(rows) == len(machines) * len(metrics)  # noqa: S101
@@ -222,6 +297,11 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
         timings = [
             await _time("reference: `SELECT 1` round trip", args.runs, ping),
             await _time("P3 bucketed query (SQL, random machine)", args.runs, bucketed),
+            await _time("P3 from the 1-minute rollup (SQL)", args.runs, p3_rollup),
+            await _time("whole store at 1 h, 3 metrics, from raw (SQL)", args.runs, hourly_raw),
+            await _time("whole store at 1 h, 3 metrics, 1-hour rollup", args.runs, hourly_rollup),
+            await _time("whole store, points=1000, 1 metric, M4 from raw", args.runs, chart_raw),
+            await _time("whole store, points=1000, 1 metric, M4 rollups", args.runs, chart_rollup),
             await _time("fleet latest (SQL)", args.runs, fleet),
         ]
         timings += await _api_timings(args, url, machines, window_start, window_end)
@@ -306,7 +386,7 @@ async def _api_timings(
                 assert response.status_code == 200  # noqa: S101
 
             return [
-                await _time("P3 bucketed query via the API (in-process)", args.runs, bucketed),
+                await _time("P3 via the API (in-process, 1-minute rollup)", args.runs, bucketed),
                 await _time("latest of 1 machine via the API", args.runs, one_latest),
                 await _time("fleet latest via the API", max(20, args.runs // 4), fleet),
             ]
@@ -334,6 +414,11 @@ def _report(
         f"Store: {stored:,} readings ({args.machines} machines x {args.metrics} metrics x "
         f"{args.timestamps} timestamps {args.every} s apart), {chunks} chunks, {size}; loaded "
         f"with COPY at {copy_rate:,.0f} readings/s ({args.workers} connections, same run).",
+        "",
+        "Rollups (built from the loaded readings by `rollups.rebuild` in "
+        f"{args.rollup_seconds:.1f} s): "
+        + ", ".join(f"`{t}` {rows:,} rows, {size}" for t, (size, rows) in args.rollup_sizes.items())
+        + ".",
         "",
         "| query | runs | p50 ms | p99 ms | min ms | max ms |",
         "|---|---|---|---|---|---|",

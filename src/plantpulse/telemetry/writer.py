@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -99,6 +99,9 @@ class CommittedBatch:
 
 
 Listener = Callable[[CommittedBatch], None]
+# Runs inside a batch's transaction, after its rows are stored: what it writes commits or
+# rolls back with them (rollups.mark_dirty records the buckets a batch touched).
+TransactionHook = Callable[[PoolConnectionProxy, Sequence[StoredRow]], Awaitable[None]]
 
 
 class BatchWriter:
@@ -113,6 +116,7 @@ class BatchWriter:
         self.staged_batches = 0
         # Called after each commit; must not block (put on a queue, publish, return).
         self.listeners: list[Listener] = []
+        self.in_transaction: list[TransactionHook] = []
 
     def _validate(
         self, rows: Sequence[Row], forced_invalid: Invalid
@@ -193,6 +197,8 @@ class BatchWriter:
         else:
             self.copied_batches += 1
         await _register(conn, new_metrics, due)
+        for hook in self.in_transaction:
+            await hook(conn, stored)
         return Written(rows=stored, inserted=inserted, new_metrics=new_metrics, last_seen=due)
 
     def committed(self, written: Written, *, source: str) -> None:

@@ -1,6 +1,6 @@
 """External HTTP sources polled for readings, and the record of each poll.
 
-Revision ID: 0006_sources
+Revision ID: 0004_sources
 Revises: 0003
 Create Date: 2026-12-07
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0006_sources"
+revision: str = "0004_sources"
 down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
