@@ -168,7 +168,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         return _fail(str(exc))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, benchmarks: bool = True) -> argparse.ArgumentParser:
+    """The command line; `benchmarks=False` leaves the benchmark modules unimported (they are
+    only needed by `plantpulse bench ...`, and `serve` should not load them)."""
     parser = argparse.ArgumentParser(
         prog="plantpulse",
         description="PlantPulse industrial telemetry service. Settings come from PLANTPULSE_* "
@@ -259,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser(
         "bench", help="measure throughput and latency (writes docs/benchmarks.md)"
     )
+    if not benchmarks:
+        bench.add_argument("benchmark", choices=BENCHMARKS, metavar="BENCHMARK")
+        return parser
     benches = bench.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     # Each benchmark module adds its own subcommand: register(benches) -> sets func.
     for module in BENCHMARKS:
@@ -267,7 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    commands = [word for word in words if not word.startswith("-")]
+    args = build_parser(benchmarks=commands[:1] == ["bench"]).parse_args(words)
     result: int = args.func(args)
     return result
 

@@ -45,7 +45,7 @@ from sqlalchemy.engine import make_url
 
 from plantpulse.bench.broker import BenchBroker, free_port
 from plantpulse.bench.e2e import Load
-from plantpulse.bench.ingest import _admin_token, _dsn
+from plantpulse.bench.harness import admin_token, dsn
 from plantpulse.config import AuthSettings, DatabaseSettings, database_settings
 from plantpulse.telemetry import queries
 
@@ -287,7 +287,7 @@ async def _main(args: argparse.Namespace) -> int:
     database = database_settings()
     name = f"plantpulse_bench_{uuid.uuid4().hex[:8]}"
     configured = make_url(database.url)
-    server = _dsn(configured.set(database="postgres").render_as_string(False))
+    server = dsn(configured.set(database="postgres").render_as_string(False))
     admin = await asyncpg.connect(server)
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = configured.set(database=name).render_as_string(hide_password=False)
@@ -303,11 +303,11 @@ async def _main(args: argparse.Namespace) -> int:
         from plantpulse.cli import _alembic_config
 
         await asyncio.to_thread(command.upgrade, _alembic_config(url), "head")  # type: ignore[arg-type]
-        pool = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(dsn(url), min_size=1, max_size=4)
         fleet, ingest_machines, end = await _load_store(
             pool, machines=args.machines, timestamps=args.timestamps, every=args.every
         )
-        token = await _admin_token(
+        token = await admin_token(
             DatabaseSettings(url=url), AuthSettings(jwt_secret=SecretStr(secret))
         )
         await service.start()

@@ -1,5 +1,5 @@
 """`plantpulse bench ingest`: MQTT ingest throughput (P1, P2) and memory (P6), next to same-run
-references, counted in the database at the end. Method: /work/shared/PERFORMANCE.md.
+references, counted in the database at the end. Method: docs/benchmarks.md.
 
 Everything runs on this machine: a private tuned Mosquitto (or --broker), a fresh database on
 the configured PostgreSQL server (dropped at the end), `plantpulse serve` as a child process,
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -24,7 +22,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from plantpulse.bench.broker import BenchBroker, free_port
+from plantpulse.bench.harness import admin_token, dsn, machine_info
 from plantpulse.config import AuthSettings, DatabaseSettings, database_settings
 
 METRICS = ("temperature", "pressure", "speed")
@@ -79,10 +77,6 @@ class Result:
             f"| {self.name} | {med:,.0f} {self.unit} | {min(self.values):,.0f} | "
             f"{max(self.values):,.0f} | {len(self.values)} |"
         )
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _run(command: Sequence[str], stdin: bytes | None = None) -> None:
@@ -311,50 +305,6 @@ class Service:
             self.process.wait(30)
 
 
-async def _admin_token(database: DatabaseSettings, auth: AuthSettings) -> str:
-    from plantpulse.auth import service
-    from plantpulse.auth.permissions import Role
-    from plantpulse.auth.schemas import UserCreate
-    from plantpulse.db import make_engine, make_sessionmaker
-
-    engine = make_engine(database)
-    try:
-        async with make_sessionmaker(engine)() as session, session.begin():
-            user = await service.create_user(
-                session,
-                data=UserCreate(
-                    username="bench", email="bench@example.com", password=secrets.token_hex(16)
-                ),
-                role=Role.management,
-            )
-        return service.issue_tokens(auth, user=user).access_token
-    finally:
-        await engine.dispose()
-
-
-def _machine_info(pg_version: str, ts_version: str | None) -> list[str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mosquitto = subprocess.run(
-        ["mosquitto", "-h"],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.splitlines()
-    return [
-        f"- {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, aiomqtt {metadata.version('aiomqtt')}, "
-        f"paho-mqtt {metadata.version('paho-mqtt')}, asyncpg {metadata.version('asyncpg')}",
-        f"- {pg_version.split(' on ')[0]}, TimescaleDB {ts_version or 'not installed'}",
-        f"- {mosquitto[0] if mosquitto else 'mosquitto'} (private, scripts/mosquitto.conf tuning)",
-        "- broker, database, service and load generators all on this one machine",
-    ]
-
-
 async def _main(args: argparse.Namespace) -> int:
     database = database_settings()
     broker_process: BenchBroker | None = None
@@ -368,7 +318,7 @@ async def _main(args: argparse.Namespace) -> int:
     name = f"plantpulse_bench_{uuid.uuid4().hex[:8]}"
     configured = make_url(database.url)
     # The server's maintenance database: the configured one may not exist yet.
-    admin = await asyncpg.connect(_dsn(configured.set(database="postgres").render_as_string(False)))
+    admin = await asyncpg.connect(dsn(configured.set(database="postgres").render_as_string(False)))
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = configured.set(database=name).render_as_string(hide_password=False)
     secret = secrets.token_urlsafe(32)
@@ -380,7 +330,7 @@ async def _main(args: argparse.Namespace) -> int:
         from plantpulse.cli import _alembic_config
 
         await asyncio.to_thread(command.upgrade, _alembic_config(url), "head")  # type: ignore[arg-type]
-        pool = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn(url), min_size=1, max_size=2)
         pg_version = await pool.fetchval("SELECT version()")
         ts_version = await pool.fetchval(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
@@ -391,7 +341,7 @@ async def _main(args: argparse.Namespace) -> int:
             "INSERT INTO machines (id, name) VALUES ($1, $2)",
             [(m, f"bench-{m.hex[:12]}") for m in [*p1_machines, *p2_machines]],
         )
-        token = await _admin_token(
+        token = await admin_token(
             DatabaseSettings(url=url), AuthSettings(jwt_secret=SecretStr(secret))
         )
         await service.start()
@@ -470,7 +420,7 @@ async def _main(args: argparse.Namespace) -> int:
         dead = await pool.fetchval("SELECT count(*) FROM dead_letters")
         report = _report(
             args,
-            _machine_info(pg_version, ts_version),
+            machine_info(pg_version, ts_version),
             [paho, ours, ratio1],
             [copy, gateway, ratio2],
             rss,

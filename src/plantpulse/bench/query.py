@@ -29,6 +29,8 @@ import asyncpg
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from plantpulse.bench.harness import create_db, drop_db, dsn
+
 BATCH_ROWS = 50_000
 MARK_BEGIN = "<!-- bench:query -->"
 MARK_END = "<!-- /bench:query -->"
@@ -48,10 +50,6 @@ class Timing:
             f"| {self.name} | {len(self.samples_ms)} | {statistics.median(self.samples_ms):.2f} "
             f"| {self.pct(0.99):.2f} | {min(self.samples_ms):.2f} | {max(self.samples_ms):.2f} |"
         )
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _time(name: str, runs: int, call: Callable[[], Awaitable[Any]]) -> Timing:
@@ -139,7 +137,7 @@ async def _explain(pool: asyncpg.Pool, sql: str, *args: object) -> str:
 async def _bench(args: argparse.Namespace, url: str) -> str:
     from plantpulse.telemetry import queries, rollups, service
 
-    dsn = _dsn(url)
+    pg_dsn = dsn(url)
     rng = random.Random(11)  # noqa: S311
     machines = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(args.machines)]
     metrics = ["pressure", "speed", "temperature"][: args.metrics]
@@ -148,11 +146,11 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
     times = [end - step * i for i in range(args.timestamps, 0, -1)]
     total = len(machines) * len(metrics) * len(times)
     print(f"==> loading {total:,} readings with COPY ({args.workers} connections)", flush=True)
-    loaded, seconds = await _load(dsn, machines, metrics, times, args.workers)
+    loaded, seconds = await _load(pg_dsn, machines, metrics, times, args.workers)
     copy_rate = loaded / seconds
     print(f"    {loaded:,} readings in {seconds:.1f} s ({copy_rate:,.0f} readings/s)")
 
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=2, max_size=4)
     assert pool is not None  # noqa: S101
     try:
         await pool.execute("VACUUM ANALYZE readings")
@@ -439,22 +437,6 @@ def _report(
     return report
 
 
-async def _create_db(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_db(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 async def _server_version(dsn: str) -> str:
     conn = await asyncpg.connect(dsn)
     try:
@@ -487,18 +469,18 @@ def run(args: argparse.Namespace) -> int:
     base = make_url(database_settings().url)
     name = f"plantpulse_bench_query_{secrets.token_hex(4)}"
     url = base.set(database=name).render_as_string(hide_password=False)
-    server_dsn = _dsn(base.set(database="postgres").render_as_string(hide_password=False))
+    server_dsn = dsn(base.set(database="postgres").render_as_string(hide_password=False))
     print(f"==> throwaway database {name}")
-    asyncio.run(_create_db(server_dsn, name))
+    asyncio.run(create_db(server_dsn, name))
     try:
         command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
-        args.server_version = asyncio.run(_server_version(_dsn(url)))
+        args.server_version = asyncio.run(_server_version(dsn(url)))
         report = asyncio.run(_bench(args, url))
     finally:
         if args.keep:
             print(f"==> kept database {name}")
         else:
-            asyncio.run(_drop_db(server_dsn, name))
+            asyncio.run(drop_db(server_dsn, name))
             print(f"==> dropped database {name}")
     print(report)
     if args.write:

@@ -20,7 +20,7 @@ from typing import Any
 import asyncpg
 from sqlalchemy.engine import make_url
 
-from plantpulse.bench.query import _create_db, _drop_db, _dsn
+from plantpulse.bench.harness import create_db, drop_db, dsn
 
 
 async def _measure(dsn: str, batches: int) -> dict[str, list[float]]:
@@ -66,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
     base = make_url(database_settings().url)
     name = f"plantpulse_bench_rollups_{secrets.token_hex(4)}"
     url = base.set(database=name).render_as_string(hide_password=False)
-    server_dsn = _dsn(base.set(database="postgres").render_as_string(hide_password=False))
-    asyncio.run(_create_db(server_dsn, name))
+    server_dsn = dsn(base.set(database="postgres").render_as_string(hide_password=False))
+    asyncio.run(create_db(server_dsn, name))
     try:
         command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
-        samples = asyncio.run(_measure(_dsn(url), args.batches))
+        samples = asyncio.run(_measure(dsn(url), args.batches))
     finally:
-        asyncio.run(_drop_db(server_dsn, name))
+        asyncio.run(drop_db(server_dsn, name))
     print("| batch of 5,000 readings (3,000 series) | batches | p50 ms | p95 ms |")
     print("|---|---|---|---|")
     for label, values in samples.items():
