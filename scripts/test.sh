@@ -88,7 +88,7 @@ fi
 export PYTHONDONTWRITEBYTECODE=1
 run_stage "ruff check" .venv/bin/ruff check src tests alembic
 run_stage "ruff format" .venv/bin/ruff format --check src tests alembic
-run_stage mypy .venv/bin/mypy src
+run_stage mypy .venv/bin/mypy src tests
 run_stage pytest .venv/bin/pytest -q -rs --junitxml="$junit_dir/junit.xml" "$@"
 if [ -n "$community_url" ]; then
     if [ "$#" -eq 0 ]; then

@@ -34,7 +34,7 @@ class TestPrivateBroker:
         ) as sub:
             async with asyncio.timeout(20):
                 async for message in sub.messages:
-                    received.add(bytes(message.payload).decode())  # type: ignore[arg-type]
+                    received.add(bytes(message.payload).decode())
                     if len(received) == 2000:
                         break
         assert len(received) == 2000
@@ -90,7 +90,7 @@ class TestBrokerCrash:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(10):
                         async for message in sub.messages:
-                            received.add(bytes(message.payload).decode())  # type: ignore[arg-type]
+                            received.add(bytes(message.payload).decode())
                             if len(received) == MESSAGES:
                                 break
         finally:

@@ -25,6 +25,7 @@ from plantpulse.auth import service as auth
 from plantpulse.auth.dependencies import Principal, get_principal
 from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
+from plantpulse.auth.principals import AuthUser
 from plantpulse.auth.schemas import UserCreate
 from plantpulse.auth.security import decode_token
 from plantpulse.config import DatabaseSettings
@@ -134,7 +135,7 @@ def authenticated_without_database(world: World) -> Iterator[None]:
         world.headers["Authorization"].removeprefix("Bearer "),
         expected_type="access",
     )
-    principal = Principal(user=world.user, claims=claims)
+    principal = Principal(user=AuthUser.of(world.user), claims=claims)
 
     async def known_principal() -> Principal:
         return principal

@@ -86,7 +86,7 @@ class TestStartScript:
         assert stat.S_IMODE(stored.stat().st_mode) == 0o600
         assert start(tmp_path).stdout == first
         # The service accepts it in production mode.
-        Settings(_env_file=None, env="production", auth=AuthSettings(jwt_secret=SecretStr(first)))  # type: ignore[call-arg]
+        Settings(_env_file=None, env="production", auth=AuthSettings(jwt_secret=SecretStr(first)))
 
     def test_an_own_secret_wins_and_nothing_is_written(self, tmp_path: Path) -> None:
         own = "a-secret-of-the-operators-own-choice"

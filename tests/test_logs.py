@@ -47,7 +47,8 @@ class TestRedact:
         record = logging.LogRecord(
             "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d %s', None, None
         )
-        record.args = ("127.0.0.1:5", "GET", "/api/v1/ws?token=abc", "1.1", 200, url)
+        args: tuple[object, ...] = ("127.0.0.1:5", "GET", "/api/v1/ws?token=abc", "1.1", 200, url)
+        record.args = args
         assert RedactSecrets().filter(record)
         assert record.args == (
             "127.0.0.1:5",

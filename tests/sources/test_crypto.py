@@ -9,7 +9,7 @@ from plantpulse.sources.crypto import HeaderCipher, SecretsUnreadable
 
 def settings(jwt_secret: str, secret_key: str | None = None) -> Settings:
     return Settings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         env="test",
         auth=AuthSettings(jwt_secret=SecretStr(jwt_secret)),
         sources=SourcesSettings(secret_key=SecretStr(secret_key) if secret_key else None),

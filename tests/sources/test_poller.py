@@ -117,6 +117,7 @@ class TestSchedule:
             "FROM sources WHERE id = $1",
             source,
         )
+        assert row is not None
         assert row["consecutive_failures"] >= 1
         assert row["wait"] > timedelta(seconds=0.5)  # 1 s interval doubled, jittered: >= 1 s
         assert row["lease_until"] is None

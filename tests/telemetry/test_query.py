@@ -84,11 +84,11 @@ class TestRawRows:
         page = (await client.get(url(m), params={**base, "limit": 3}, headers=operator)).json()
         assert [r["a"] for r in page["items"]] == [9.0, 8.0, 7.0]
         assert page["has_more"] is True
-        asc = {**base, "order": "asc", "limit": 4, "offset": 8}
+        asc: dict[str, str | int] = {**base, "order": "asc", "limit": 4, "offset": 8}
         page = (await client.get(url(m), params=asc, headers=operator)).json()
         assert [(r["a"], r["b"]) for r in page["items"]] == [(8.0, 8.0), (9.0, 9.0)]
         assert page["has_more"] is False
-        only_b = {**base, "fields": "b", "limit": 1}
+        only_b: dict[str, str | int] = {**base, "fields": "b", "limit": 1}
         page = (await client.get(url(m), params=only_b, headers=operator)).json()
         assert page["items"] == [{"timestamp": iso(T0 + timedelta(seconds=9)), "b": 9.0}]
 

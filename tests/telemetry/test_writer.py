@@ -7,6 +7,7 @@ import asyncpg
 
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.telemetry.writer import BatchWriter, CommittedBatch
+from tests import support
 from tests.conftest import MachineFactory
 
 T0 = datetime(2024, 1, 15, 10, tzinfo=UTC)
@@ -169,14 +170,14 @@ class TestOptimisticCopy:
 
 class TestConnection:
     async def test_a_connection_lost_after_the_commit_does_not_fail_the_batch(
-        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+        self, database_url: str, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
     ) -> None:
         # Returning a connection to the pool resets it, a query of its own: when the server
         # has just dropped the connection that query fails. The batch committed: failing it
         # would make the caller write it again (and announce it twice). Whether the client
         # notices the loss before the reset is a race, hence several rounds.
         machine = await committed_machine()
-        pool = await asyncpg.create_pool(pg_pool._connect_args[0], min_size=1, max_size=1)
+        pool = await asyncpg.create_pool(support.dsn(database_url), min_size=1, max_size=1)
         try:
             writer, catalog = writer_for(pool)
             await catalog.known([machine])
