@@ -388,6 +388,8 @@ class TestRoles:
         assert len(key) > 20
         await dialog.get_by_role("button", name="Done").click()
         await expect(dialog).to_be_hidden()
+        # The dialog's close event (queued after it hides) wipes the key from the page.
+        await expect(page.locator("#key-value")).to_have_text("")
         assert key not in await page.content()  # shown once
         machine_id = await row.get_attribute("data-machine-id")
         async with httpx.AsyncClient(base_url=dashboard.url) as device:
