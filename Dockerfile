@@ -1,6 +1,13 @@
 # PlantPulse API server image.
 #   docker build -t plantpulse .
 #   docker compose up        (see docker-compose.yml for the full stack)
+# Dashboard assets: the pinned npm packages of src/plantpulse/web (package-lock.json), copied
+# into static/vendor as scripts/setup.sh does. Node.js is needed only here, not at run time.
+FROM node:20-slim AS web-assets
+WORKDIR /web
+COPY src/plantpulse/web/package.json src/plantpulse/web/package-lock.json ./
+RUN npm ci --no-audit --no-fund && npm run vendor
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,10 +24,19 @@ WORKDIR /app
 # All runtime dependencies have binary wheels: no compiler needed in the image.
 COPY pyproject.toml README.md ./
 COPY src ./src
+COPY --from=web-assets /web/static/vendor ./src/plantpulse/web/static/vendor
 COPY alembic ./alembic
 COPY alembic.ini ./
 RUN pip install --no-cache-dir . \
     && rm -rf /app/src
+
+# docker-compose.yml starts through this: it generates a JWT secret on the first start into
+# /var/lib/plantpulse (a volume there; Docker copies this directory's owner and mode into a new
+# named volume, so the unprivileged user can write it). The image's own CMD below does not:
+# run alone, it needs PLANTPULSE_AUTH__JWT_SECRET and refuses the example value.
+COPY scripts/docker-start.sh /usr/local/bin/plantpulse-start
+RUN chmod 755 /usr/local/bin/plantpulse-start \
+    && install -d -o plantpulse -g plantpulse -m 700 /var/lib/plantpulse
 
 USER plantpulse
 

@@ -4,6 +4,8 @@
 #   PostgreSQL 15 + TimescaleDB (built from Debian's trixie source package,
 #   Apache-2 part only), Redis, Mosquitto (tuned for QoS 1 bursts) and the
 #   Python virtualenv .venv with the project installed editable ('.[dev]').
+#   Dashboard: its pinned npm packages (Node.js/npm from Debian if missing) and
+#   Debian's chromium for the browser tests.
 #
 # Idempotent: a second run on a provisioned machine only checks things (a few
 # seconds) and restarts nothing that is already configured correctly.
@@ -270,6 +272,11 @@ Components: main"
     fi
 fi
 
+# Dashboard: npm for its pinned front-end packages (any Node.js >= 18 will do: keep one that
+# is there), Debian's chromium + a font for the browser tests (tests/web).
+command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
+pkgs+=(chromium fonts-dejavu-core)
+
 apt_install_missing "${pkgs[@]}"
 # pg_ctlcluster & co. come from postgresql-common, psql from the client.
 for cmd in pg_ctlcluster psql redis-server redis-cli mosquitto mosquitto_sub; do
@@ -507,9 +514,29 @@ else
     printf '%s\n' "$want_stamp" >"$VENV_STAMP"
 fi
 
-# h. Summary ---------------------------------------------------------------------
+# h. Dashboard assets ---------------------------------------------------------------
+# The pinned npm packages (src/plantpulse/web/package-lock.json) are installed with npm ci and
+# the files the pages load are copied to web/static/vendor (gitignored); again only when the
+# lock file changed or a file is missing.
+WEB_DIR="$REPO_ROOT/src/plantpulse/web"
+WEB_STAMP="$WEB_DIR/static/vendor/.plantpulse-installed"
+step "Dashboard assets (npm ci in src/plantpulse/web)"
+web_want="$(sha256sum "$WEB_DIR/package-lock.json" "$WEB_DIR/package.json" | sha256sum | cut -d' ' -f1)"
+if [ "$web_want" = "$(cat "$WEB_STAMP" 2>/dev/null || true)" ] &&
+    [ -f "$WEB_DIR/static/vendor/uPlot.iife.min.js" ] && [ -f "$WEB_DIR/static/vendor/uPlot.min.css" ]; then
+    note "package-lock.json unchanged since last install: skipping npm"
+else
+    (cd "$WEB_DIR" && npm ci --no-audit --no-fund --silent && npm run --silent vendor) ||
+        die "npm ci / npm run vendor failed in $WEB_DIR"
+    printf '%s\n' "$web_want" >"$WEB_STAMP"
+    note "installed: $(cd "$WEB_DIR" && node -e 'const l = require("./package-lock.json");
+console.log(Object.entries(l.packages).filter(([k]) => k).map(([k, v]) => `${k.slice(13)}@${v.version}`).join(" "))')"
+fi
+command -v chromium >/dev/null 2>&1 || die "chromium not found after package installation"
+
+# i. Summary ---------------------------------------------------------------------
 pg_ver="$(pg_sql 'SHOW server_version')"
 ts_ver="$(pg_sql "SELECT default_version FROM pg_available_extensions WHERE name = 'timescaledb'")"
 [ -n "$ts_ver" ] || die "PostgreSQL does not list timescaledb in pg_available_extensions"
 redis_ver="$(redis-cli -h 127.0.0.1 -p 6379 info server | tr -d '\r' | awk -F: '$1 == "redis_version" { print $2 }')"
-step "Done in ${SECONDS}s: PostgreSQL $pg_ver, TimescaleDB $ts_ver (available), Redis $redis_ver, ${mosq_ver}"
+step "Done in ${SECONDS}s: PostgreSQL $pg_ver, TimescaleDB $ts_ver (available), Redis $redis_ver, ${mosq_ver}, Node.js $(node --version), $(chromium --version 2>/dev/null | head -n 1)"

@@ -3,6 +3,7 @@ from __future__ import annotations
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Literal, TypedDict, Unpack
 
 import asyncpg
 import pytest
@@ -20,11 +21,16 @@ from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
 from plantpulse.auth.schemas import UserCreate
 from plantpulse.config import (
+    AlertSettings,
     AuthSettings,
     DatabaseSettings,
+    IngestSettings,
     MqttSettings,
+    RealtimeSettings,
     RedisSettings,
     Settings,
+    SourcesSettings,
+    SysconfigSettings,
 )
 from plantpulse.db import get_db_session, make_engine
 from plantpulse.state import Resources
@@ -39,21 +45,41 @@ async def database_url() -> AsyncIterator[str]:
     url = await support.create_database("main")
     try:
         await support.migrate(url)
+        await support.pause_policies(url)
         yield url
     finally:
         await support.drop_database(url)
 
 
-def make_settings(database_url: str, **overrides: object) -> Settings:
-    values: dict[str, object] = {
+class SettingsFields(TypedDict, total=False):
+    """The fields of `Settings`, so `make_settings` overrides are type checked."""
+
+    env: Literal["development", "test", "production"]
+    log_level: str
+    workers: int
+    database: DatabaseSettings
+    redis: RedisSettings
+    auth: AuthSettings
+    mqtt: MqttSettings
+    ingest: IngestSettings
+    realtime: RealtimeSettings
+    alerts: AlertSettings
+    sysconfig: SysconfigSettings
+    sources: SourcesSettings
+
+
+def make_settings(database_url: str, **overrides: Unpack[SettingsFields]) -> Settings:
+    values: SettingsFields = {
         "env": "test",
         "database": DatabaseSettings(url=database_url, pool_size=5),
         "redis": RedisSettings(url=support.REDIS_URL, key_prefix=f"pptest:{support.RUN_ID}:"),
         "auth": AuthSettings(jwt_secret=SecretStr(secrets.token_urlsafe(32))),
         "mqtt": MqttSettings(enabled=False),
+        # No source scheduler in shared test apps: tests/sources starts its own.
+        "sources": SourcesSettings(poller_enabled=False),
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture(scope="session")

@@ -24,30 +24,61 @@ SERVER_URL = os.environ.get(
 REDIS_URL = os.environ.get("PLANTPULSE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 RUN_ID = uuid.uuid4().hex[:10]
 
+# The Community (TSL) edition of TimescaleDB, which the Docker image runs and Debian does not
+# ship: `../shared/timescaledb-tsl/install.sh` starts it on 5433 (scripts/test.sh runs it and
+# passes its URL). Without that folder the edition-specific tests (tests/community) skip.
+TSL_DIR = ROOT.parent / "shared" / "timescaledb-tsl"
+COMMUNITY_SERVER_URL: str | None = os.environ.get("PLANTPULSE_TEST_COMMUNITY_URL") or (
+    "postgresql+asyncpg://postgres@127.0.0.1:5433/postgres" if TSL_DIR.is_dir() else None
+)
+COMMUNITY_SKIP_REASON = (
+    "Community edition tests: no ../shared/timescaledb-tsl beside this clone and "
+    "PLANTPULSE_TEST_COMMUNITY_URL is not set"
+)
 
-def database_url(name: str) -> str:
-    return make_url(SERVER_URL).set(database=name).render_as_string(hide_password=False)
+
+def database_url(name: str, *, server: str = SERVER_URL) -> str:
+    return make_url(server).set(database=name).render_as_string(hide_password=False)
 
 
-def _asyncpg_dsn(url: str) -> str:
+def dsn(url: str) -> str:
+    """The asyncpg form of a SQLAlchemy URL."""
     return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
-async def create_database(suffix: str) -> str:
+async def create_database(suffix: str, *, server: str = SERVER_URL) -> str:
     name = f"pptest_{RUN_ID}_{suffix}"
-    conn = await asyncpg.connect(_asyncpg_dsn(SERVER_URL))
+    conn = await asyncpg.connect(dsn(server))
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    return database_url(name)
+    return database_url(name, server=server)
 
 
 async def drop_database(url: str) -> None:
+    """Drop a database made by create_database (on whichever server it lives)."""
     name = make_url(url).database
-    conn = await asyncpg.connect(_asyncpg_dsn(SERVER_URL))
+    conn = await asyncpg.connect(dsn(database_url("postgres", server=url)))
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+async def pause_policies(url: str) -> None:
+    """Take TimescaleDB's policies on our hypertables (compression on the Community edition)
+    off the background scheduler: tests run them with `CALL run_job(id)` when they mean to.
+    Left scheduled, they run at some point during the tests, and where the scheduler fails
+    them (the TSL build on this machine, shared/timescaledb-tsl/README.md) `/ready` would
+    rightly say `degraded` in tests that expect `ready`."""
+    conn = await asyncpg.connect(dsn(url))
+    try:
+        if await conn.fetchval("SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"):
+            await conn.execute(
+                "SELECT alter_job(job_id, scheduled => false) "
+                "FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
+            )
     finally:
         await conn.close()
 
@@ -127,13 +158,21 @@ class Broker:
             await self.process.wait()
         self.process = None
 
+    async def kill(self) -> None:
+        """Crash (SIGKILL): nothing is written on the way out, only what autosave wrote before
+        survives."""
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()
+            await self.process.wait()
+        self.process = None
+
     async def restart(self) -> None:
         await self.stop()
         await self.start()
 
 
 def _admin_dsn() -> str:
-    return _asyncpg_dsn(SERVER_URL)
+    return dsn(SERVER_URL)
 
 
 @asynccontextmanager

@@ -155,13 +155,13 @@ class TestSettings:
         from pydantic import ValidationError
 
         with pytest.raises(ValidationError, match="example value"):
-            Settings(_env_file=None, env="production")  # type: ignore[call-arg]
-        settings = Settings(_env_file=None, env="development")  # type: ignore[call-arg]
+            Settings(_env_file=None, env="production")
+        settings = Settings(_env_file=None, env="development")
         assert settings.auth.jwt_secret.get_secret_value() == EXAMPLE_JWT_SECRET
 
     def test_empty_optional_values_mean_not_set(self) -> None:
         from plantpulse.config import MqttSettings, RedisSettings
 
         assert RedisSettings(url="").url is None
-        mqtt = MqttSettings(username="", password="", shared_group="")  # type: ignore[arg-type]
+        mqtt = MqttSettings(username="", password="", shared_group="")
         assert (mqtt.username, mqtt.password, mqtt.shared_group) == (None, None, None)

@@ -46,6 +46,10 @@ class AuthSettings(BaseModel):
     access_token_minutes: int = Field(default=30, ge=1, le=24 * 60)
     refresh_token_days: int = Field(default=7, ge=1, le=365)
     allow_self_registration: bool = True
+    # How long a verified access token is remembered in a process (auth/principals.py): it is
+    # forgotten everywhere at once on logout and on any change to its user, through Redis;
+    # 0 turns the cache off. Without Redis there is no cache.
+    principal_cache_seconds: float = Field(default=10.0, ge=0, le=300)
 
 
 class MqttSettings(BaseModel):
@@ -136,8 +140,42 @@ class AlertSettings(BaseModel):
 class SysconfigSettings(BaseModel):
     # Without Redis, other processes' config changes are picked up by re-reading this often.
     reload_seconds: float = Field(default=30.0, gt=0)
-    # Apache edition / plain PostgreSQL: how often old readings are removed (retention_days).
+    # How often retention_days is applied (sysconfig/retention.py): old readings removed (Apache
+    # edition, plain PostgreSQL) or TimescaleDB's policy reconciled (Community edition).
     retention_check_seconds: float = Field(default=3600.0, gt=0)
+
+
+class SourcesSettings(BaseModel):
+    """Pulling readings from external HTTP sources (src/plantpulse/sources)."""
+
+    # Run the scheduler in this process (every process may: one polls a source at a time).
+    poller_enabled: bool = True
+    # How often the scheduler looks for due sources.
+    tick_seconds: float = Field(default=1.0, gt=0)
+    # Sources polled at the same time by one process.
+    max_concurrent_polls: int = Field(default=4, ge=1, le=64)
+    # A response body larger than this fails the run (read in chunks, never held beyond it).
+    max_body_bytes: int = Field(default=4 * 1_048_576, ge=1024)
+    max_redirects: int = Field(default=5, ge=0, le=20)
+    # Failed runs push the next scheduled one back exponentially (with jitter) up to this.
+    max_backoff_seconds: float = Field(default=3600.0, ge=1)
+    # Runs kept per source (older ones are deleted as new ones are recorded).
+    runs_kept: int = Field(default=200, ge=1)
+    # Management users enter URLs: addresses that are not public (loopback, private,
+    # link-local such as cloud metadata, ...) are refused after DNS resolution unless this is on.
+    allow_private_networks: bool = False
+    # Key for the source header values at rest (any string of 16+ characters). Empty: derived
+    # from the JWT secret; changing that secret then makes stored header values unreadable.
+    secret_key: SecretStr | None = None
+
+    _optional = field_validator("secret_key", mode="before")(_empty_is_none)
+
+    @field_validator("secret_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("PLANTPULSE_SOURCES__SECRET_KEY must be at least 16 characters")
+        return value
 
 
 class Settings(BaseSettings):
@@ -150,6 +188,8 @@ class Settings(BaseSettings):
 
     env: Literal["development", "test", "production"] = "production"
     log_level: str = "INFO"
+    # Set by `plantpulse serve --workers N` for its workers (plantpulse/workers.py).
+    workers: int = Field(default=1, ge=1, le=64)
     database: DatabaseSettings = DatabaseSettings()
     redis: RedisSettings = RedisSettings()
     auth: AuthSettings = AuthSettings()
@@ -158,6 +198,7 @@ class Settings(BaseSettings):
     realtime: RealtimeSettings = RealtimeSettings()
     alerts: AlertSettings = AlertSettings()
     sysconfig: SysconfigSettings = SysconfigSettings()
+    sources: SourcesSettings = SourcesSettings()
 
     @model_validator(mode="after")
     def _refuse_example_secret(self) -> Settings:

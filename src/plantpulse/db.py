@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar
 
@@ -63,11 +63,23 @@ def make_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
+AfterCommit = Callable[[], Awaitable[None]]
+
+
+def after_commit(session: AsyncSession, callback: AfterCommit) -> None:
+    """Run `callback` once the request's transaction has committed (before the response is
+    sent); never if it rolls back. Sessions outside a request do not run these."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
 async def get_db_session(connection: HTTPConnection) -> AsyncIterator[AsyncSession]:
     """One transaction per request: commit when the handler returns, roll back when it raises."""
     sessionmaker: async_sessionmaker[AsyncSession] = connection.state.resources.sessionmaker
-    async with sessionmaker() as session, session.begin():
-        yield session
+    async with sessionmaker() as session:
+        async with session.begin():
+            yield session
+        for callback in session.info.pop("after_commit", ()):
+            await callback()
 
 
 # scope="function": commit before the response is sent, so a failed commit is an error response.

@@ -5,6 +5,7 @@ from plantpulse.auth.models import User
 from plantpulse.db import Base
 from plantpulse.ingest.models import dead_letters
 from plantpulse.machines.models import Machine, MachineGroup, MachineMetric, group_members
+from plantpulse.sources.models import Source, SourceRun
 from plantpulse.sysconfig.models import ConfigAudit, SystemConfig
 from plantpulse.telemetry.models import readings
 
@@ -17,6 +18,8 @@ __all__ = [
     "Machine",
     "MachineGroup",
     "MachineMetric",
+    "Source",
+    "SourceRun",
     "SystemConfig",
     "User",
     "dead_letters",

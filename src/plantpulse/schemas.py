@@ -60,8 +60,3 @@ class Page(BaseModel, Generic[T]):
     total: int = Field(description="Number of matching items, ignoring limit/offset")
     limit: int
     offset: int
-
-
-class PageParams(BaseModel):
-    limit: int = Field(default=50, ge=1, le=1000)
-    offset: int = Field(default=0, ge=0, le=MAX_OFFSET)

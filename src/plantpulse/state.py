@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from plantpulse.auth.principals import PrincipalCache
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.config import Settings
+from plantpulse.health.jobs import JobWatch
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.connectivity import ConnectivityFeed
 from plantpulse.supervisor import Supervisor
@@ -28,6 +30,8 @@ class Resources:
     sessionmaker: async_sessionmaker[AsyncSession]
     redis: Redis | None
     revocations: RevocationStore
+    # Verified access tokens for a few seconds, invalidated across processes (auth/principals.py).
+    principals: PrincipalCache
     timescale: TimescaleInfo
     # Raw asyncpg for the hot paths (ingest COPY, bulk queries, export); SQLAlchemy elsewhere.
     pg: asyncpg.Pool
@@ -40,11 +44,19 @@ class Resources:
     connectivity: ConnectivityFeed = field(default_factory=ConnectivityFeed)
     # Every long-running background task: restarted after a crash, listed in /ready.
     supervisor: Supervisor = field(default_factory=Supervisor)
+    # Failing TimescaleDB jobs, for /ready and the log.
+    timescale_jobs: JobWatch = field(default_factory=JobWatch)
 
 
-def get_resources(connection: HTTPConnection) -> Resources:
+def resources_of(connection: HTTPConnection) -> Resources:
     resources: Resources = connection.state.resources
     return resources
+
+
+async def get_resources(connection: HTTPConnection) -> Resources:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, a thread hand-off on
+    # every request (seen in the P4 profile, docs/benchmarks.md).
+    return resources_of(connection)
 
 
 AppResources = Annotated[Resources, Depends(get_resources)]

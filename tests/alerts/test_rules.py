@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,7 +37,7 @@ def rule(**fields: Any) -> RuleSpec:
     return RuleSpec(**values)
 
 
-def run(spec: RuleSpec, series: list[tuple[float, float]]) -> list[Step | None]:
+def run(spec: RuleSpec, series: Sequence[tuple[float, float]]) -> list[Step | None]:
     """Feed (seconds after T0, value) pairs; what each reading changed."""
     state = RuleState()
     return [step(spec, state, T0 + timedelta(seconds=s), v) for s, v in series]

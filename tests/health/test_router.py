@@ -32,6 +32,10 @@ class TestHealth:
         assert body["database"]["status"] == "up"
         assert body["timescaledb"]["status"] == "up"
         assert body["timescaledb"]["info"]["edition"] in ("apache", "community")
+        # TimescaleDB's own housekeeping job may fail on this machine's builds (every
+        # scheduled run does); only jobs on PlantPulse's data count.
+        assert body["timescaledb_jobs"]["status"] == "up"
+        assert all(job["job_id"] < 1000 for job in body["timescaledb_jobs"]["info"]["failing"])
         assert body["redis"]["status"] == "up"
         assert body["revocation_store"] == "redis"
         assert body["mqtt"]["status"] == "disabled"

@@ -41,10 +41,12 @@ class TestConcurrentFlushes:
             release_first = asyncio.Event()
             acked: list[str] = []
 
-            async def slow_first_commit(batch: list[Pending]) -> None:
+            async def slow_first_commit(
+                batch: list[Pending], *, dead_lettered: bool = False
+            ) -> None:
                 if any(str(first) in item.topic for item in batch):
                     await release_first.wait()
-                await commit(batch)
+                await commit(batch, dead_lettered=dead_lettered)
 
             def recording_acknowledge(batch: list[Pending]) -> None:
                 acked.extend(item.topic.split("/")[-2] for item in batch)

@@ -421,6 +421,7 @@ class TestHttpIngestDuringAnOutage:
                 "WHERE machine_id = $1",
                 machine,
             )
+            assert counts is not None
             assert (counts["n"], counts["times"]) == (50, 50)
         finally:
             await conn.close()

@@ -290,6 +290,45 @@ class TestDuplicates:
         assert counters.duplicates == 1000
 
 
+class TestReadingsAtTheSameTime:
+    async def test_timestamp_less_repeats_are_a_dead_letter_and_the_rest_is_stored(
+        self,
+        database_url: str,
+        broker: support.Broker,
+        pg_pool: asyncpg.Pool,
+        committed_machine: MachineFactory,
+        dead_letter_cleanup: list[str],
+    ) -> None:
+        """Issue 8, item 5: these collapsed into one row and two silent "duplicates"."""
+        machine = await committed_machine()
+        settings = mqtt_settings(database_url, broker)
+        prefix = settings.mqtt.topic_prefix
+        dead_letter_cleanup.append(prefix)
+        topic = f"{prefix}/machines/{machine}/telemetry"
+        async with running(settings) as resources:
+            await subscribed(resources)
+            await publish(broker, topic, json.dumps({"readings": [{"vib": 1}, {"vib": 2}]}))
+            await publish(broker, topic, json.dumps({"timestamp": 1767607200, "vib": 7}))
+            counters = ingest_of(resources).state.counters
+
+            async def both_handled() -> bool:
+                return counters.accepted + counters.rejected == 2 and counters.acknowledged == 2
+
+            await eventually(both_handled)
+            assert counters.duplicates == 0
+        values = await pg_pool.fetch(
+            "SELECT value FROM readings WHERE machine_id = $1 ORDER BY value", machine
+        )
+        assert [r["value"] for r in values] == [1.0, 7.0]
+        letters = await pg_pool.fetch(
+            "SELECT topic, reason FROM dead_letters WHERE topic LIKE $1", f"{prefix}/%"
+        )
+        assert [r["topic"] for r in letters] == [topic]
+        assert letters[0]["reason"].startswith(
+            "rejected_values: 1 of 2 rejected: readings[1].vib: readings[0] already has 'vib' at "
+        )
+
+
 def _lines(start: int, count: int) -> list[str]:
     return [
         json.dumps({"timestamp": 1767607200 + i, "temperature": 60 + i % 7, "speed": i})

@@ -15,8 +15,8 @@ from httpx import ASGITransport, AsyncClient
 
 from plantpulse.app import create_app
 from plantpulse.config import Settings
+from plantpulse.ingest.messages import Pending
 from plantpulse.ingest.mqtt import MqttIngest
-from plantpulse.ingest.pipeline import Pending
 from tests import support
 from tests.conftest import MachineFactory
 from tests.ingest.conftest import (
@@ -73,7 +73,7 @@ class TestIngestStalled:
                 await mosquitto_pub(broker, topic, lines[1:])
 
                 async def degraded() -> bool:
-                    return (await _mqtt(client))["status"] == "degraded"
+                    return bool((await _mqtt(client))["status"] == "degraded")
 
                 await eventually(degraded, within=30)
                 response = await client.get("/ready")
@@ -126,7 +126,7 @@ class TestIngestTaskCrash:
             await mosquitto_pub(broker, topic, lines)
 
             async def reported() -> bool:
-                return (await _mqtt(client))["status"] == "error"
+                return bool((await _mqtt(client))["status"] == "error")
 
             await eventually(reported)
             mqtt = await _mqtt(client)

@@ -14,13 +14,15 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, cast
 
 import asyncpg
 import pytest
 
 from plantpulse.ingest.decoders import json_registry
+from plantpulse.ingest.messages import Pending
 from plantpulse.ingest.paho_bridge import Publish
-from plantpulse.ingest.pipeline import Pending, Pipeline
+from plantpulse.ingest.pipeline import Pipeline
 from plantpulse.ingest.redelivery import DeliveryLog
 from plantpulse.state import Resources
 from tests import support
@@ -188,7 +190,7 @@ class TestConnectionLost:
             # acknowledged, so the broker sends all five again (DUP) on the next connection.
             link = pipeline.link
             assert link is not None
-            link.paho.socket().shutdown(socket.SHUT_RDWR)
+            cast(Any, link.paho.socket()).shutdown(socket.SHUT_RDWR)
 
             async def redelivered() -> bool:
                 return ingest.state.counters.received == 10 and ingest.state.connected

@@ -77,7 +77,7 @@ class TestDeadLetterList:
         ],
     )
     async def test_bad_filters_are_422_envelopes(
-        self, client: AsyncClient, admin: dict[str, str], params: dict[str, object]
+        self, client: AsyncClient, admin: dict[str, str], params: dict[str, str | int]
     ) -> None:
         response = await client.get("/api/v1/ingest/dead-letters", params=params, headers=admin)
         assert response.status_code == 422, response.text

@@ -49,7 +49,7 @@ async def nothing_waiting(ws: Any) -> None:
     assert await receive(ws) == {"type": "pong", "ref": "check"}
 
 
-def is_status(message: dict[str, Any]) -> bool:
+def is_status(message: dict[str, object]) -> bool:
     return message["type"] == "machine_status"
 
 

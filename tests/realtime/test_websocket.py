@@ -189,6 +189,22 @@ class TestSubscriptions:
             # Ordered after the write's events, had any been queued.
             assert await receive(ws) == {"type": "pong", "ref": "p"}
 
+    async def test_subscribe_all_to_some_event_types_skips_the_others(
+        self, live: LiveApp, committed_user: UserFactory, committed_machine: MachineFactory
+    ) -> None:
+        """An alerts screen follows every machine's alerts, not every machine's readings."""
+        user = await committed_user()
+        machine = await committed_machine()
+        async with live.connect(live.token(user)) as ws:
+            await welcomed(ws)
+            await ws.send(json.dumps({"action": "subscribe_all", "types": ["alert"]}))
+            reply = await receive(ws)
+            assert (reply["all"], reply["types"]) == (True, ["alert"])
+            await write(live, [(T0, machine, "temp", 1.0)])
+            await ws.send(json.dumps({"action": "ping", "ref": "p"}))
+            # Ordered after the write's event, had it been queued.
+            assert await receive(ws) == {"type": "pong", "ref": "p"}
+
     async def test_bad_messages_get_an_error_event_not_a_disconnect(
         self, live: LiveApp, committed_user: UserFactory
     ) -> None:

@@ -40,6 +40,8 @@ class TestReading:
             "auto_register_machines",
             "backfill_window_seconds",
             "retention_days",
+            "rollup_1m_retention_days",
+            "rollup_1h_retention_days",
         }
         skew = entries["future_skew_seconds"]
         assert skew["value"] == skew["default"] == 300.0

@@ -10,6 +10,7 @@ import asyncpg
 import pytest
 from asgi_lifespan import LifespanManager
 from httpx import ASGITransport, AsyncClient
+from sqlalchemy.engine import make_url
 
 from plantpulse.app import create_app
 from plantpulse.auth.permissions import Role
@@ -326,6 +327,64 @@ class TestTimestampBoundaries:
         assert await stored(pg_pool, m) == [(T0, "b", 2.0)]
 
 
+class TestReadingsAtTheSameTime:
+    """Issue 8, item 5: timestamp-less readings of one request used to collapse into one row,
+    the rest answered as "duplicates" (200) and lost without a word."""
+
+    async def test_device_readings_without_timestamps_are_207_with_reasons(
+        self,
+        client: AsyncClient,
+        supervisor: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+    ) -> None:
+        m = await committed_machine()
+        response = await client.post(
+            device(m),
+            json={"readings": [{"vib": 1}, {"vib": 2}, {"vib": 3}]},
+            headers=supervisor,
+        )
+        assert response.status_code == 207, response.text
+        body = response.json()
+        assert (body["accepted"], body["stored"], body["duplicates"], body["rejected"]) == (
+            1,
+            1,
+            0,
+            2,
+        )
+        assert [i["where"] for i in body["rejected_items"]] == [
+            "readings[1].vib",
+            "readings[2].vib",
+        ]
+        assert all(
+            i["reason"].startswith("readings[0] already has 'vib' at ")
+            for i in body["rejected_items"]
+        )
+        assert [(metric, value) for _, metric, value in await stored(pg_pool, m)] == [("vib", 1.0)]
+
+    async def test_gateway_repeats_are_207_and_distinct_times_are_kept(
+        self,
+        client: AsyncClient,
+        supervisor: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+    ) -> None:
+        m = await committed_machine()
+        payload = batch(
+            (m, [{"timestamp": 1705314600, "t": 1}, {"timestamp": 1705314601, "t": 2}]),
+            (m, [{"timestamp": "2024-01-15T10:30:00Z", "t": 9}]),
+        )
+        response = await client.post(INGEST, json=payload, headers=supervisor)
+        assert response.status_code == 207, response.text
+        body = response.json()
+        assert (body["stored"], body["duplicates"], body["rejected"]) == (2, 0, 1)
+        assert body["rejected_items"][0]["where"] == "batch[1].readings[0].t"
+        assert await stored(pg_pool, m) == [
+            (T0, "t", 1.0),
+            (T0 + timedelta(seconds=1), "t", 2.0),
+        ]
+
+
 class TestDeviceRoute:
     async def test_data_shape_is_stored(
         self,
@@ -451,7 +510,12 @@ class TestDatabaseOutage:
     async def test_database_down_for_the_whole_app_is_503(
         self, settings: Settings, supervisor: dict[str, str]
     ) -> None:
-        url = support.database_url("x").replace("5432", str(support.free_port()))
+        # Nothing listens on a free port, whichever server the tests use.
+        url = (
+            make_url(support.database_url("x"))
+            .set(port=support.free_port())
+            .render_as_string(hide_password=False)
+        )
         down = make_settings(url, database=DatabaseSettings(url=url), auth=settings.auth)
         app = create_app(down)
         async with (

@@ -7,6 +7,8 @@ import asyncpg
 import pytest
 from httpx import AsyncClient
 
+from plantpulse.telemetry import queries
+from plantpulse.telemetry.router import _machine_latest
 from plantpulse.telemetry.schemas import FleetLatest, MachineLatest
 from tests.conftest import MachineFactory
 from tests.telemetry.support import seed
@@ -115,3 +117,64 @@ class TestHostileQueries:
         response = await client.get(FLEET, params={"offset": 2**100}, headers=operator)
         assert response.status_code == 422, response.text
         assert response.json()["errors"][0]["loc"] == ["query", "offset"]
+
+
+class TestSameAnswerAsBefore:
+    """The one-query route against the way it was answered before (the machine row, then
+    `queries.latest`, shaped by the same function) on the same data."""
+
+    async def _before(
+        self, pool: asyncpg.Pool, machine_id: uuid.UUID, *, include_invalid: bool
+    ) -> dict[str, object]:
+        name = await pool.fetchval("SELECT name FROM machines WHERE id = $1", machine_id)
+        records = await queries.latest(
+            pool, machine_ids=[machine_id], include_invalid=include_invalid
+        )
+        return _machine_latest(machine_id, name, records, include_invalid)
+
+    @pytest.mark.parametrize("include_invalid", [False, True])
+    async def test_identical_json(
+        self,
+        client: AsyncClient,
+        manager: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+        include_invalid: bool,
+    ) -> None:
+        m = await committed_machine(name="same-answer")
+        empty = await committed_machine(name="no-readings")
+        await seed(
+            pg_pool,
+            m,
+            [
+                (T0 + timedelta(minutes=3), "t", 3.25),
+                (T0 + timedelta(minutes=9), "t", 99.0, False),  # newest, but invalid
+                (T0 + timedelta(seconds=1), "p", -1e-9),
+                (T0 + timedelta(days=400), "rpm", 1e300),  # far future: another chunk
+                (T0 - timedelta(days=30), "only-invalid", 1.0, False),
+                (T0 + timedelta(microseconds=123456), "µ-metric", 0.0),
+            ],
+        )
+        # Arrives late, happened earlier than what is there: not the latest.
+        await seed(pg_pool, m, [(T0, "rpm", 7.0)])
+        params = {"include_invalid": "true"} if include_invalid else {}
+        for machine in (m, empty):
+            response = await client.get(
+                f"/api/v1/machines/{machine}/telemetry/latest", params=params, headers=manager
+            )
+            assert response.status_code == 200, response.text
+            expected = await self._before(pg_pool, machine, include_invalid=include_invalid)
+            assert response.json() == expected
+            MachineLatest.model_validate(response.json())
+
+    async def test_unknown_machine_is_the_same_404(
+        self, client: AsyncClient, operator: dict[str, str]
+    ) -> None:
+        ghost = uuid.uuid4()
+        response = await client.get(f"/api/v1/machines/{ghost}/telemetry/latest", headers=operator)
+        assert response.status_code == 404
+        assert response.json() == {
+            "error": "MachineNotFound",
+            "detail": f"machine {ghost} does not exist",
+            "status": 404,
+        }

@@ -269,8 +269,86 @@ class TestFastPathAgreesWithTheFullRules:
     def test_gateway_entries_with_repeated_machine_ids_and_bad_readings(self) -> None:
         entry = {"machine_id": str(M2), "readings": [{"a": 1}, {"a": True}, {"b": 2}]}
         parsed = gateway_batch({"batch": [entry, entry]}, clock=CLOCK)
-        assert parsed.rows == [(NOW, M2, "a", 1.0), (NOW, M2, "b", 2.0)] * 2
+        # The second entry repeats the first one's readings at the same time: rejected too.
+        assert parsed.rows == [(NOW, M2, "a", 1.0), (NOW, M2, "b", 2.0)]
         assert [r.where for r in parsed.rejected] == [
             "batch[0].readings[1].a",
             "batch[1].readings[1].a",
+            "batch[1].readings[0].a",
+            "batch[1].readings[2].b",
         ]
+
+
+class TestOneValuePerMachineMetricAndTime:
+    """Issue 8, item 5: readings of one payload that land on the same machine, metric and time
+    used to collapse into one row, the rest counted as "duplicates" and never reported."""
+
+    def test_readings_without_timestamps_keep_the_first_and_reject_the_rest(self) -> None:
+        parsed = single_device(
+            {"readings": [{"vib": 1}, {"vib": 2}, {"vib": 3}]}, machine_id=M1, clock=CLOCK
+        )
+        assert parsed.rows == [(NOW, M1, "vib", 1.0)]
+        assert [r.where for r in parsed.rejected] == ["readings[1].vib", "readings[2].vib"]
+        assert parsed.rejected[0].reason == (
+            "readings[0] already has 'vib' at 2024-01-15T10:30:00+00:00: a payload holds one "
+            "value per machine, metric and time (readings without a timestamp all take the "
+            "payload's time: give each its own)"
+        )
+
+    def test_only_the_repeated_metric_of_a_reading_is_rejected(self) -> None:
+        parsed = single_device(
+            {
+                "readings": [
+                    {"a": "x"},
+                    {"t": 1},
+                    {"timestamp": 1705314601, "t": 2},
+                    {"t": 3, "p": 4},
+                ]
+            },
+            machine_id=M1,
+            clock=CLOCK,
+        )
+        later = NOW + timedelta(seconds=1)
+        assert parsed.rows == [(NOW, M1, "t", 1.0), (later, M1, "t", 2.0), (NOW, M1, "p", 4.0)]
+        assert [r.where for r in parsed.rejected] == ["readings[0].a", "readings[3].t"]
+        assert parsed.rejected[1].reason.startswith("readings[1] already has 't'")
+
+    def test_distinct_times_metrics_and_machines_are_all_kept(self) -> None:
+        parsed = gateway_batch(
+            {
+                "batch": [
+                    {
+                        "machine_id": str(M1),
+                        "readings": [{"a": 1, "b": 1}, {"timestamp": 1, "a": 2}],
+                    },
+                    {"machine_id": str(M2), "readings": [{"a": 3}]},
+                ]
+            },
+            clock=CLOCK,
+        )
+        assert len(parsed.rows) == 4
+        assert parsed.rejected == []
+
+    def test_gateway_repeats_across_entries_name_both_readings(self) -> None:
+        parsed = gateway_batch(
+            {
+                "timestamp": 1705314600,
+                "batch": [
+                    {"machine_id": "nope", "readings": [{"a": 1}]},
+                    {"machine_id": str(M1), "readings": [{"b": True}, {"a": 1}]},
+                    {"machine_id": str(M2), "readings": [{"a": 2}]},
+                    {
+                        "machine_id": str(M1),
+                        "readings": [{"b": 3}, {"timestamp": NOW.isoformat(), "a": 4}],
+                    },
+                ],
+            },
+            clock=CLOCK,
+        )
+        assert parsed.rows == [(NOW, M1, "a", 1.0), (NOW, M2, "a", 2.0), (NOW, M1, "b", 3.0)]
+        assert [r.where for r in parsed.rejected] == [
+            "batch[0].machine_id",
+            "batch[1].readings[0].b",
+            "batch[3].readings[1].a",
+        ]
+        assert parsed.rejected[2].reason.startswith("batch[1].readings[1] already has 'a'")

@@ -84,11 +84,11 @@ class TestRawRows:
         page = (await client.get(url(m), params={**base, "limit": 3}, headers=operator)).json()
         assert [r["a"] for r in page["items"]] == [9.0, 8.0, 7.0]
         assert page["has_more"] is True
-        asc = {**base, "order": "asc", "limit": 4, "offset": 8}
+        asc: dict[str, str | int] = {**base, "order": "asc", "limit": 4, "offset": 8}
         page = (await client.get(url(m), params=asc, headers=operator)).json()
         assert [(r["a"], r["b"]) for r in page["items"]] == [(8.0, 8.0), (9.0, 9.0)]
         assert page["has_more"] is False
-        only_b = {**base, "fields": "b", "limit": 1}
+        only_b: dict[str, str | int] = {**base, "fields": "b", "limit": 1}
         page = (await client.get(url(m), params=only_b, headers=operator)).json()
         assert page["items"] == [{"timestamp": iso(T0 + timedelta(seconds=9)), "b": 9.0}]
 
@@ -604,3 +604,39 @@ class TestHostileTimes:
         assert response.status_code == 422, response.text
         assert response.json()["error"] == "InvalidQuery"
         assert response.json()["detail"].startswith("start_time:")
+
+
+class TestGapFilling:
+    @pytest.mark.parametrize(
+        ("fill", "values"),
+        [
+            ("previous", [1.0, 1.0, 1.0, 4.0, 4.0]),
+            ("linear", [1.0, 2.0, 3.0, 4.0, None]),
+            ("null", [1.0, None, None, 4.0, None]),
+        ],
+    )
+    async def test_empty_buckets_are_filled_as_asked(
+        self,
+        client: AsyncClient,
+        operator: dict[str, str],
+        committed_machine: MachineFactory,
+        pg_pool: asyncpg.Pool,
+        fill: str,
+        values: list[float | None],
+    ) -> None:
+        m = await committed_machine()
+        await seed(pg_pool, m, [(T0, "v", 1.0), (T0 + timedelta(minutes=3, seconds=5), "v", 4.0)])
+        params = {
+            "start_time": iso(T0),
+            "end_time": iso(T0 + timedelta(minutes=5)),
+            "interval": "1m",
+            "agg": "avg,count",
+            "order": "asc",
+            "fill": fill,
+        }
+        response = await client.get(url(m), params=params, headers=operator)
+        assert response.status_code == 200, response.text
+        items = response.json()["items"]
+        assert [r["v_avg"] for r in items] == values
+        counts = [1, 0, 0, 1, 0] if fill != "null" else [1, None, None, 1, None]
+        assert [r["v_count"] for r in items] == counts

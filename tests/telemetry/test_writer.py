@@ -7,6 +7,7 @@ import asyncpg
 
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.telemetry.writer import BatchWriter, CommittedBatch
+from tests import support
 from tests.conftest import MachineFactory
 
 T0 = datetime(2024, 1, 15, 10, tzinfo=UTC)
@@ -73,6 +74,24 @@ class TestBatchWriter:
         ]
         await writer.write(rows, source="test")
         assert [r[3] for r in await stored(pg_pool, machine)] == [False, True, True, False]
+
+    async def test_rows_the_sender_marked_invalid_are_stored_invalid_on_both_paths(
+        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+    ) -> None:
+        # A pulled source's bad tags (sources/decoders.py): invalid whatever the value.
+        machine = await committed_machine()
+        writer, catalog = writer_for(pg_pool)
+        await catalog.known([machine])
+        rows = [(T0 + timedelta(seconds=i), machine, "temp", 1.0) for i in range(3)]
+        forced = {(T0 + timedelta(seconds=1), machine, "temp")}
+        heard: list[CommittedBatch] = []
+        writer.listeners.append(heard.append)
+        await writer.write(rows, source="test", forced_invalid=forced)  # copied
+        more = [*rows, (T0 + timedelta(seconds=3), machine, "temp", 1.0)]
+        forced.add((T0 + timedelta(seconds=3), machine, "temp"))
+        await writer.write(more, source="test", forced_invalid=forced)  # staged
+        assert [r[3] for r in await stored(pg_pool, machine)] == [True, False, True, False]
+        assert [r[4] for r in heard[0].rows] == [True, False, True]
 
     async def test_listeners_hear_only_committed_batches(
         self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
@@ -151,14 +170,14 @@ class TestOptimisticCopy:
 
 class TestConnection:
     async def test_a_connection_lost_after_the_commit_does_not_fail_the_batch(
-        self, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
+        self, database_url: str, pg_pool: asyncpg.Pool, committed_machine: MachineFactory
     ) -> None:
         # Returning a connection to the pool resets it, a query of its own: when the server
         # has just dropped the connection that query fails. The batch committed: failing it
         # would make the caller write it again (and announce it twice). Whether the client
         # notices the loss before the reset is a race, hence several rounds.
         machine = await committed_machine()
-        pool = await asyncpg.create_pool(pg_pool._connect_args[0], min_size=1, max_size=1)
+        pool = await asyncpg.create_pool(support.dsn(database_url), min_size=1, max_size=1)
         try:
             writer, catalog = writer_for(pool)
             await catalog.known([machine])

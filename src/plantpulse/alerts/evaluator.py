@@ -92,7 +92,6 @@ class Evaluator:
         self._idle = asyncio.Event()
         self._idle.set()
         self.dropped_batches = 0
-        self.evaluated_rows = 0
         self.processed_batches = 0
 
     @property
@@ -179,7 +178,6 @@ class Evaluator:
             rules = by_metric.get(metric)
             if not rules or not valid or t < live_after:
                 continue
-            self.evaluated_rows += 1
             for rule in rules:
                 if not self._applies(rule, machine_id):
                     continue

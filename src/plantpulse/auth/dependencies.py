@@ -8,14 +8,15 @@ from typing import Annotated
 
 from fastapi import Depends
 from fastapi.security import OAuth2PasswordBearer
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from plantpulse.auth import service
-from plantpulse.auth.models import User
 from plantpulse.auth.permissions import ROLE_PERMISSIONS, Permission
+from plantpulse.auth.principals import AuthUser
 from plantpulse.auth.security import TokenClaims, decode_token
 from plantpulse.db import DbSession
 from plantpulse.errors import NotAuthenticated, PermissionDenied
-from plantpulse.state import AppResources
+from plantpulse.state import AppResources, Resources
 
 LOGIN_PATH = "/api/v1/auth/login"
 
@@ -25,7 +26,7 @@ bearer = OAuth2PasswordBearer(tokenUrl=LOGIN_PATH, auto_error=False)
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    user: User
+    user: AuthUser
     claims: TokenClaims
 
     @property
@@ -36,10 +37,19 @@ class Principal:
         return permission in self.permissions
 
 
-async def authenticate_token(session: DbSession, resources: AppResources, token: str) -> Principal:
+async def authenticate_token(session: AsyncSession, resources: Resources, token: str) -> Principal:
+    """The caller behind an access token: from the principal cache when it may answer
+    (auth/principals.py says why that is safe), else checked in full and remembered."""
+    cache = resources.principals
+    cached = cache.get(token)
+    if cached is not None:
+        return cached
+    generation = cache.generation
     claims = decode_token(resources.settings.auth, token, expected_type="access")
     user = await service.user_for_token(session, claims=claims, revocations=resources.revocations)
-    return Principal(user=user, claims=claims)
+    principal = Principal(user=AuthUser.of(user), claims=claims)
+    cache.put(token, principal, generation=generation)
+    return principal
 
 
 async def get_principal(

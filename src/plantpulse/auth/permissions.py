@@ -24,6 +24,8 @@ class Permission(StrEnum):
     config_read = "config:read"
     config_write = "config:write"
     ingest_admin = "ingest:admin"
+    sources_read = "sources:read"
+    sources_write = "sources:write"
     users_manage = "users:manage"
 
 
@@ -39,6 +41,7 @@ _SUPERVISOR = _OPERATOR | {
     Permission.machines_write,
     Permission.telemetry_write,
     Permission.config_read,
+    Permission.sources_read,
 }
 # Management is the administrator role: everything.
 _MANAGEMENT = frozenset(Permission)
@@ -51,7 +54,3 @@ ROLE_PERMISSIONS: dict[Role, frozenset[Permission]] = {
 
 # Lowest first; self-registration always gets ROLES_BY_RANK[0].
 ROLES_BY_RANK = (Role.operator, Role.supervisor, Role.management)
-
-
-def has_permission(role: Role, permission: Permission) -> bool:
-    return permission in ROLE_PERMISSIONS[role]

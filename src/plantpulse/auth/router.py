@@ -102,7 +102,12 @@ async def register(
     resources: AppResources,
     caller: OptionalPrincipal,
 ) -> UserRead:
-    """Create an account; only a management caller may choose its role."""
+    """Create an account; only a management caller may choose its role.
+
+    Without a management token the account is always an `operator`: a body that omits `role`
+    or asks for `operator` creates one, and a body that asks for a higher role is refused with
+    403 (rather than silently downgraded, so a script that expects a supervisor finds out).
+    """
     manager = caller is not None and caller.can(Permission.users_manage)
     if not manager and not resources.settings.auth.allow_self_registration:
         raise PermissionDenied("self-registration is disabled; ask a management user")
@@ -126,7 +131,9 @@ async def login(
     resources: AppResources,
 ) -> TokenResponse:
     """Exchange username (or email) and password for an access and a refresh token."""
-    user = await service.authenticate(session, login=login.username, password=login.password)
+    user = await service.authenticate(
+        session, login=login.username, password=login.password, principals=resources.principals
+    )
     return _token_response(user, service.issue_tokens(resources.settings.auth, user=user))
 
 
@@ -158,6 +165,7 @@ async def logout(
     await service.logout(
         settings=resources.settings.auth,
         revocations=resources.revocations,
+        principals=resources.principals,
         access=principal.claims,
         refresh_token=data.refresh_token if data else None,
     )
@@ -184,9 +192,10 @@ async def change_password(
     """Change the caller's password; every other token of the user stops working."""
     user = await service.change_password(
         session,
-        user=principal.user,
+        user_id=principal.user.id,
         current_password=data.current_password,
         new_password=data.new_password,
+        principals=resources.principals,
     )
     return _token_response(user, service.issue_tokens(resources.settings.auth, user=user))
 
@@ -223,22 +232,39 @@ async def get_user(user_id: uuid.UUID, _: ManageUsers, session: DbSession) -> Us
 
 @users_router.patch("/{user_id}", responses=error_responses(404, 409, 422))
 async def update_user(
-    user_id: uuid.UUID, data: UserUpdate, _: ManageUsers, session: DbSession
+    user_id: uuid.UUID,
+    data: UserUpdate,
+    _: ManageUsers,
+    session: DbSession,
+    resources: AppResources,
 ) -> UserRead:
     """Change role, active state, department or factory; the last manager stays a manager."""
-    return UserRead.model_validate(await service.update_user(session, user_id=user_id, data=data))
+    user = await service.update_user(
+        session, user_id=user_id, data=data, principals=resources.principals
+    )
+    return UserRead.model_validate(user)
 
 
 @users_router.post("/{user_id}/deactivate", responses=error_responses(404, 409, 422))
-async def deactivate_user(user_id: uuid.UUID, _: ManageUsers, session: DbSession) -> UserRead:
+async def deactivate_user(
+    user_id: uuid.UUID, _: ManageUsers, session: DbSession, resources: AppResources
+) -> UserRead:
     """Lock the account out; its tokens stop working at once."""
-    return UserRead.model_validate(await service.set_active(session, user_id=user_id, active=False))
+    user = await service.set_active(
+        session, user_id=user_id, active=False, principals=resources.principals
+    )
+    return UserRead.model_validate(user)
 
 
 @users_router.post("/{user_id}/activate", responses=error_responses(404, 422))
-async def activate_user(user_id: uuid.UUID, _: ManageUsers, session: DbSession) -> UserRead:
+async def activate_user(
+    user_id: uuid.UUID, _: ManageUsers, session: DbSession, resources: AppResources
+) -> UserRead:
     """Let a deactivated account log in again."""
-    return UserRead.model_validate(await service.set_active(session, user_id=user_id, active=True))
+    user = await service.set_active(
+        session, user_id=user_id, active=True, principals=resources.principals
+    )
+    return UserRead.model_validate(user)
 
 
 @users_router.delete(
@@ -246,6 +272,8 @@ async def activate_user(user_id: uuid.UUID, _: ManageUsers, session: DbSession) 
     status_code=status.HTTP_204_NO_CONTENT,
     responses=error_responses(404, 409, 422),
 )
-async def delete_user(user_id: uuid.UUID, _: ManageUsers, session: DbSession) -> None:
+async def delete_user(
+    user_id: uuid.UUID, _: ManageUsers, session: DbSession, resources: AppResources
+) -> None:
     """Soft-delete the account: it disappears from lists and can never log in again."""
-    await service.delete_user(session, user_id=user_id)
+    await service.delete_user(session, user_id=user_id, principals=resources.principals)

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from plantpulse.auth.models import User
 from plantpulse.auth.permissions import Role
+from plantpulse.auth.principals import PrincipalCache
 from plantpulse.auth.revocation import RevocationStore
 from plantpulse.auth.schemas import UserCreate, UserUpdate
 from plantpulse.auth.security import (
@@ -23,7 +24,7 @@ from plantpulse.auth.security import (
     verify_password,
 )
 from plantpulse.config import AuthSettings
-from plantpulse.db import utcnow
+from plantpulse.db import after_commit, utcnow
 from plantpulse.errors import Conflict, NotAuthenticated, NotFound, PermissionDenied
 
 
@@ -93,7 +94,18 @@ async def create_user(session: AsyncSession, *, data: UserCreate, role: Role) ->
     return user
 
 
-async def authenticate(session: AsyncSession, *, login: str, password: str) -> User:
+async def _user_changed(
+    session: AsyncSession, principals: PrincipalCache, user_id: uuid.UUID
+) -> None:
+    """Announce a change to a user before it commits (failing the request if that cannot be
+    done) and again once it has (auth/principals.py explains both)."""
+    await principals.user_changed(user_id)
+    after_commit(session, functools.partial(principals.user_changed_after_commit, user_id))
+
+
+async def authenticate(
+    session: AsyncSession, *, login: str, password: str, principals: PrincipalCache
+) -> User:
     user = await find_by_login(session, login)
     if user is None:
         # Verify anyway, so a wrong username costs as long as a wrong password and response
@@ -106,6 +118,9 @@ async def authenticate(session: AsyncSession, *, login: str, password: str) -> U
         raise InvalidCredentials("this account is deactivated")
     user.last_login_at = utcnow()
     await session.flush()
+    # Only `last_login_at` changed (shown by /me): refreshed after the commit, best effort, so
+    # logging in never depends on Redis.
+    after_commit(session, functools.partial(principals.user_changed_after_commit, user.id))
     return user
 
 
@@ -154,10 +169,14 @@ async def logout(
     *,
     settings: AuthSettings,
     revocations: RevocationStore,
+    principals: PrincipalCache,
     access: TokenClaims,
     refresh_token: str | None,
 ) -> None:
+    # Stored first, then announced: a process that misses the announcement's cache entry
+    # reads the revocation.
     await revocations.revoke(access.jti, access.expires_at)
+    await principals.token_revoked(access.jti)
     if refresh_token:
         claims = decode_token(settings, refresh_token, expected_type="refresh")
         if claims.subject != access.subject:
@@ -166,14 +185,21 @@ async def logout(
 
 
 async def change_password(
-    session: AsyncSession, *, user: User, current_password: str, new_password: str
+    session: AsyncSession,
+    *,
+    user_id: uuid.UUID,
+    current_password: str,
+    new_password: str,
+    principals: PrincipalCache,
 ) -> User:
     """Set a new password and bump the token version, which ends every older session."""
+    user = await get_user(session, user_id)
     if not await verify_password(current_password, user.password_hash):
         raise InvalidCredentials("current password is incorrect")
     user.password_hash = await hash_password(new_password)
     user.token_version += 1
     await session.flush()
+    await _user_changed(session, principals, user.id)
     return user
 
 
@@ -215,7 +241,9 @@ async def _ensure_not_last_management(session: AsyncSession, user: User, action:
         raise LastManagementAccount(f"cannot {action} the last active management account")
 
 
-async def update_user(session: AsyncSession, *, user_id: uuid.UUID, data: UserUpdate) -> User:
+async def update_user(
+    session: AsyncSession, *, user_id: uuid.UUID, data: UserUpdate, principals: PrincipalCache
+) -> User:
     user = await get_user(session, user_id)
     if data.role is not None and data.role != Role.management:
         await _ensure_not_last_management(session, user, "demote")
@@ -226,14 +254,21 @@ async def update_user(session: AsyncSession, *, user_id: uuid.UUID, data: UserUp
             continue
         setattr(user, name, value)
     await session.flush()
+    await _user_changed(session, principals, user.id)
     return user
 
 
-async def set_active(session: AsyncSession, *, user_id: uuid.UUID, active: bool) -> User:
-    return await update_user(session, user_id=user_id, data=UserUpdate(is_active=active))
+async def set_active(
+    session: AsyncSession, *, user_id: uuid.UUID, active: bool, principals: PrincipalCache
+) -> User:
+    return await update_user(
+        session, user_id=user_id, data=UserUpdate(is_active=active), principals=principals
+    )
 
 
-async def delete_user(session: AsyncSession, *, user_id: uuid.UUID) -> None:
+async def delete_user(
+    session: AsyncSession, *, user_id: uuid.UUID, principals: PrincipalCache
+) -> None:
     """Soft delete: the row stays for audit trails, the account is gone for every purpose."""
     user = await get_user(session, user_id)
     await _ensure_not_last_management(session, user, "delete")
@@ -244,3 +279,4 @@ async def delete_user(session: AsyncSession, *, user_id: uuid.UUID) -> None:
     user.username = f"{user.username[: 64 - len(suffix)]}{suffix}"
     user.email = f"{user.email[: 254 - len(suffix)]}{suffix}"
     await session.flush()
+    await _user_changed(session, principals, user.id)

@@ -37,7 +37,8 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from plantpulse.bench.broker import BenchBroker
-from plantpulse.bench.ingest import Service, _admin_token, _dsn, _machine_info
+from plantpulse.bench.harness import admin_token, dsn, machine_info
+from plantpulse.bench.ingest import Service
 from plantpulse.config import AuthSettings, DatabaseSettings, database_settings
 
 METRICS = ("temp", "rpm", "pressure")
@@ -261,7 +262,7 @@ async def _main(args: argparse.Namespace) -> int:
     broker = (broker_process.host, broker_process.port)
     name = f"plantpulse_bench_{uuid.uuid4().hex[:8]}"
     configured = make_url(database.url)
-    admin = await asyncpg.connect(_dsn(configured.set(database="postgres").render_as_string(False)))
+    admin = await asyncpg.connect(dsn(configured.set(database="postgres").render_as_string(False)))
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = configured.set(database=name).render_as_string(hide_password=False)
     secret = secrets.token_urlsafe(32)
@@ -275,13 +276,13 @@ async def _main(args: argparse.Namespace) -> int:
         from plantpulse.cli import _alembic_config
 
         await asyncio.to_thread(command.upgrade, _alembic_config(url), "head")  # type: ignore[arg-type]
-        pool = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn(url), min_size=1, max_size=2)
         pg_version = await pool.fetchval("SELECT version()")
         ts_version = await pool.fetchval(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
         )
         probe, machines = await _setup(pool, url, args.machines)
-        token = await _admin_token(
+        token = await admin_token(
             DatabaseSettings(url=url), AuthSettings(jwt_secret=SecretStr(secret))
         )
         await service.start()
@@ -323,7 +324,7 @@ async def _main(args: argparse.Namespace) -> int:
         broker_process.stop()
     section = _report(
         args,
-        _machine_info(pg_version, ts_version),
+        machine_info(pg_version, ts_version),
         runs,
         stats,
         stored=stored,

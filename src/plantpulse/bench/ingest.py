@@ -1,5 +1,5 @@
 """`plantpulse bench ingest`: MQTT ingest throughput (P1, P2) and memory (P6), next to same-run
-references, counted in the database at the end. Method: /work/shared/PERFORMANCE.md.
+references, counted in the database at the end. Method: docs/benchmarks.md.
 
 Everything runs on this machine: a private tuned Mosquitto (or --broker), a fresh database on
 the configured PostgreSQL server (dropped at the end), `plantpulse serve` as a child process,
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import platform
 import secrets
 import statistics
 import subprocess
@@ -24,7 +22,6 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +31,7 @@ from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from plantpulse.bench.broker import BenchBroker, free_port
+from plantpulse.bench.harness import admin_token, dsn, machine_info
 from plantpulse.config import AuthSettings, DatabaseSettings, database_settings
 
 METRICS = ("temperature", "pressure", "speed")
@@ -79,10 +77,6 @@ class Result:
             f"| {self.name} | {med:,.0f} {self.unit} | {min(self.values):,.0f} | "
             f"{max(self.values):,.0f} | {len(self.values)} |"
         )
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _run(command: Sequence[str], stdin: bytes | None = None) -> None:
@@ -164,7 +158,9 @@ async def _wait_rows(service: Service, token: str, target: int, limit: float) ->
     counters (cheap) rather than count(*) on a growing table, which would load the database;
     the table is counted once at the end."""
     deadline = time.monotonic() + limit
-    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}") as client:
+    # A generous timeout: a service saturated by the burst may answer slowly, and a
+    # ReadTimeout here used to abort the whole benchmark.
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{service.port}", timeout=60) as client:
         headers = {"Authorization": f"Bearer {token}"}
         while True:
             stats = (await client.get("/api/v1/ingest/stats", headers=headers)).json()
@@ -173,6 +169,20 @@ async def _wait_rows(service: Service, token: str, target: int, limit: float) ->
             if time.monotonic() > deadline:
                 raise RuntimeError(f"only {stats['readings_stored']} of {target} stored in time")
             await asyncio.sleep(0.02)
+
+
+async def _wait_new_rows(pool: asyncpg.Pool, since_ms: int, target: int, limit: float) -> float:
+    """`_wait_rows` for several workers (whose counters are each their own): counts the rows
+    stamped at or after `since_ms` (this round's), a range of the time index."""
+    deadline = time.monotonic() + limit
+    since = datetime.fromtimestamp(since_ms / 1000, UTC)
+    while True:
+        stored = await pool.fetchval("SELECT count(*) FROM readings WHERE time >= $1", since)
+        if stored >= target:
+            return time.time()
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {stored} of {target} stored in time")
+        await asyncio.sleep(0.05)
 
 
 async def paho_reference(broker: tuple[str, int], messages: int, publishers: int) -> float:
@@ -223,7 +233,9 @@ class Service:
         secret: str,
         log: Path,
         extra_env: dict[str, str] | None = None,
+        workers: int = 1,
     ) -> None:
+        self.workers = workers
         self.port = free_port()
         self.prefix = f"bench/{uuid.uuid4().hex[:8]}"
         self.log = log
@@ -245,20 +257,33 @@ class Service:
     async def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(  # noqa: S603, ASYNC220 - our entry point, at once
-                [sys.executable, "-m", "plantpulse.cli", "serve", "--port", str(self.port)],
+                [
+                    sys.executable,
+                    "-m",
+                    "plantpulse.cli",
+                    "serve",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    str(self.workers),
+                ],
                 env=self.env,
                 stdout=log,
                 stderr=log,
             )
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}") as client:
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
+        deadline = time.monotonic() + 120
+        ready = 0
+        while time.monotonic() < deadline:
+            # A new connection each time: with several workers, each must say so.
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.port}") as client:
                 try:
-                    if (await client.get("/ready")).json()["mqtt"]["status"] == "up":
-                        return
+                    up = (await client.get("/ready")).json()["mqtt"]["status"] == "up"
                 except (httpx.TransportError, ValueError, KeyError):
-                    pass
-                await asyncio.sleep(0.2)
+                    up = False
+            ready = ready + 1 if up else 0
+            if ready >= 5 * self.workers:
+                return
+            await asyncio.sleep(0.2)
         raise RuntimeError(f"the service did not become ready; see {self.log}")
 
     def rss_mib(self) -> float:
@@ -283,50 +308,6 @@ class Service:
             self.process.wait(30)
 
 
-async def _admin_token(database: DatabaseSettings, auth: AuthSettings) -> str:
-    from plantpulse.auth import service
-    from plantpulse.auth.permissions import Role
-    from plantpulse.auth.schemas import UserCreate
-    from plantpulse.db import make_engine, make_sessionmaker
-
-    engine = make_engine(database)
-    try:
-        async with make_sessionmaker(engine)() as session, session.begin():
-            user = await service.create_user(
-                session,
-                data=UserCreate(
-                    username="bench", email="bench@example.com", password=secrets.token_hex(16)
-                ),
-                role=Role.management,
-            )
-        return service.issue_tokens(auth, user=user).access_token
-    finally:
-        await engine.dispose()
-
-
-def _machine_info(pg_version: str, ts_version: str | None) -> list[str]:
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mosquitto = subprocess.run(
-        ["mosquitto", "-h"],  # noqa: S607
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.splitlines()
-    return [
-        f"- {os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}",
-        f"- Python {platform.python_version()}, aiomqtt {metadata.version('aiomqtt')}, "
-        f"paho-mqtt {metadata.version('paho-mqtt')}, asyncpg {metadata.version('asyncpg')}",
-        f"- {pg_version.split(' on ')[0]}, TimescaleDB {ts_version or 'not installed'}",
-        f"- {mosquitto[0] if mosquitto else 'mosquitto'} (private, scripts/mosquitto.conf tuning)",
-        "- broker, database, service and load generators all on this one machine",
-    ]
-
-
 async def _main(args: argparse.Namespace) -> int:
     database = database_settings()
     broker_process: BenchBroker | None = None
@@ -340,11 +321,11 @@ async def _main(args: argparse.Namespace) -> int:
     name = f"plantpulse_bench_{uuid.uuid4().hex[:8]}"
     configured = make_url(database.url)
     # The server's maintenance database: the configured one may not exist yet.
-    admin = await asyncpg.connect(_dsn(configured.set(database="postgres").render_as_string(False)))
+    admin = await asyncpg.connect(dsn(configured.set(database="postgres").render_as_string(False)))
     await admin.execute(f'CREATE DATABASE "{name}"')
     url = configured.set(database=name).render_as_string(hide_password=False)
     secret = secrets.token_urlsafe(32)
-    service = Service(url, broker, secret, Path(args.log))
+    service = Service(url, broker, secret, Path(args.log), workers=args.workers)
     pool: asyncpg.Pool | None = None
     try:
         from alembic import command
@@ -352,7 +333,7 @@ async def _main(args: argparse.Namespace) -> int:
         from plantpulse.cli import _alembic_config
 
         await asyncio.to_thread(command.upgrade, _alembic_config(url), "head")  # type: ignore[arg-type]
-        pool = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=2)
+        pool = await asyncpg.create_pool(dsn(url), min_size=1, max_size=2)
         pg_version = await pool.fetchval("SELECT version()")
         ts_version = await pool.fetchval(
             "SELECT extversion FROM pg_extension WHERE extname = 'timescaledb'"
@@ -363,7 +344,7 @@ async def _main(args: argparse.Namespace) -> int:
             "INSERT INTO machines (id, name) VALUES ($1, $2)",
             [(m, f"bench-{m.hex[:12]}") for m in [*p1_machines, *p2_machines]],
         )
-        token = await _admin_token(
+        token = await admin_token(
             DatabaseSettings(url=url), AuthSettings(jwt_secret=SecretStr(secret))
         )
         await service.start()
@@ -376,12 +357,16 @@ async def _main(args: argparse.Namespace) -> int:
         base = 1_700_000_000_000
         for run in range(args.runs):
             reference = await paho_reference(broker, per, args.publishers)
-            before = (await service.stats(token))["readings_stored"]
+            before = 0 if args.workers > 1 else (await service.stats(token))["readings_stored"]
             started = time.time()
             jobs = _p1_jobs(service.prefix, p1_machines, per, base, timestamps=args.timestamps)
             await publish(broker, jobs)
+            finished = await (
+                _wait_new_rows(pool, base, per * args.publishers * 3, 600)
+                if args.workers > 1
+                else _wait_rows(service, token, before + per * args.publishers * 3, 600)
+            )
             base += per
-            finished = await _wait_rows(service, token, before + per * args.publishers * 3, 600)
             rate = per * args.publishers / (finished - started)
             paho.values.append(reference)
             ours.values.append(rate)
@@ -393,11 +378,15 @@ async def _main(args: argparse.Namespace) -> int:
         ratio2 = Result("ratio", "")
         for run in range(args.runs):
             reference = await copy_reference(pool, args.batch_messages * 100)
-            before = (await service.stats(token))["readings_stored"]
+            before = 0 if args.workers > 1 else (await service.stats(token))["readings_stored"]
             started = time.time()
             await publish(broker, _p2_jobs(service.prefix, p2_machines, args.batch_messages, base))
+            finished = await (
+                _wait_new_rows(pool, base, args.batch_messages * 100, 600)
+                if args.workers > 1
+                else _wait_rows(service, token, before + args.batch_messages * 100, 600)
+            )
             base += args.batch_messages
-            finished = await _wait_rows(service, token, before + args.batch_messages * 100, 600)
             rate = args.batch_messages * 100 / (finished - started)
             copy.values.append(reference)
             gateway.values.append(rate)
@@ -406,7 +395,7 @@ async def _main(args: argparse.Namespace) -> int:
 
         rss: list[tuple[float, float]] = []
         sustained_messages = 0
-        if args.sustain > 0:
+        if args.sustain > 0 and args.workers == 1:
             # Paced at 80 % of our measured P1 rate: a steady state, not a growing backlog.
             sustain_rate = int(statistics.median(ours.values) * 0.8)
             per_second = max(1, sustain_rate // args.publishers)
@@ -438,7 +427,7 @@ async def _main(args: argparse.Namespace) -> int:
         dead = await pool.fetchval("SELECT count(*) FROM dead_letters")
         report = _report(
             args,
-            _machine_info(pg_version, ts_version),
+            machine_info(pg_version, ts_version),
             [paho, ours, ratio1],
             [copy, gateway, ratio2],
             rss,
@@ -581,6 +570,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--publishers", type=int, default=4, help="parallel mosquitto_pub")
     parser.add_argument("--batch-messages", type=int, default=3_000, help="P2 messages per run")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--workers", type=int, default=1, help="`plantpulse serve --workers` (P6 needs 1)"
+    )
     parser.add_argument("--sustain", type=int, default=120, help="P6 seconds (0: skip)")
     parser.add_argument(
         "--no-timestamps",

@@ -29,6 +29,8 @@ import asyncpg
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
+from plantpulse.bench.harness import create_db, drop_db, dsn
+
 BATCH_ROWS = 50_000
 MARK_BEGIN = "<!-- bench:query -->"
 MARK_END = "<!-- /bench:query -->"
@@ -48,10 +50,6 @@ class Timing:
             f"| {self.name} | {len(self.samples_ms)} | {statistics.median(self.samples_ms):.2f} "
             f"| {self.pct(0.99):.2f} | {min(self.samples_ms):.2f} | {max(self.samples_ms):.2f} |"
         )
-
-
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
 
 
 async def _time(name: str, runs: int, call: Callable[[], Awaitable[Any]]) -> Timing:
@@ -137,9 +135,9 @@ async def _explain(pool: asyncpg.Pool, sql: str, *args: object) -> str:
 
 
 async def _bench(args: argparse.Namespace, url: str) -> str:
-    from plantpulse.telemetry import queries
+    from plantpulse.telemetry import queries, rollups, service
 
-    dsn = _dsn(url)
+    pg_dsn = dsn(url)
     rng = random.Random(11)  # noqa: S311
     machines = [uuid.UUID(int=rng.getrandbits(128), version=4) for _ in range(args.machines)]
     metrics = ["pressure", "speed", "temperature"][: args.metrics]
@@ -148,11 +146,11 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
     times = [end - step * i for i in range(args.timestamps, 0, -1)]
     total = len(machines) * len(metrics) * len(times)
     print(f"==> loading {total:,} readings with COPY ({args.workers} connections)", flush=True)
-    loaded, seconds = await _load(dsn, machines, metrics, times, args.workers)
+    loaded, seconds = await _load(pg_dsn, machines, metrics, times, args.workers)
     copy_rate = loaded / seconds
     print(f"    {loaded:,} readings in {seconds:.1f} s ({copy_rate:,.0f} readings/s)")
 
-    pool = await asyncpg.create_pool(dsn, min_size=2, max_size=4)
+    pool = await asyncpg.create_pool(pg_dsn, min_size=2, max_size=4)
     assert pool is not None  # noqa: S101
     try:
         await pool.execute("VACUUM ANALYZE readings")
@@ -163,6 +161,20 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
         size = await pool.fetchval("SELECT pg_size_pretty(hypertable_size('readings'))")
         timescale = bool(chunks is not None)
         print(f"    stored {stored:,} readings in {chunks} chunks ({size})")
+        # COPY above bypassed the writer (and its rollup markers): roll up everything once.
+        started = time.perf_counter()
+        await rollups.rebuild(pool)
+        args.rollup_seconds = time.perf_counter() - started
+        await pool.execute("VACUUM ANALYZE readings_1m")
+        await pool.execute("VACUUM ANALYZE readings_1h")
+        args.rollup_sizes = {
+            table: (
+                await pool.fetchval(f"SELECT pg_size_pretty(pg_total_relation_size('{table}'))"),
+                await pool.fetchval(f"SELECT count(*) FROM {table}"),  # noqa: S608
+            )
+            for table in ("readings_1m", "readings_1h")
+        }
+        print(f"    rolled up in {args.rollup_seconds:.1f} s: {args.rollup_sizes}")
 
         window_end = end + timedelta(seconds=1)
         window_start = window_end - timedelta(hours=24)
@@ -206,6 +218,67 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
             )
             assert len(rows) >= 1440 * len(metrics) - len(metrics)  # noqa: S101
 
+        now = datetime.now(UTC)
+        store_start = times[0]
+
+        async def from_rollups(width: timedelta, start: datetime, source: str) -> None:
+            plan = rollups.plan(start, window_end, width=width, now=now)
+            assert plan.source == source, plan  # noqa: S101
+            await queries.rollup_buckets(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics,
+                plan=plan,
+                interval=width,
+                aggregates=aggregates,
+                include_invalid=False,
+            )
+
+        async def p3_rollup() -> None:
+            await from_rollups(timedelta(minutes=1), window_start, "1m")
+
+        async def hourly_rollup() -> None:
+            await from_rollups(timedelta(hours=1), store_start, "1h")
+
+        async def hourly_raw() -> None:
+            await queries.buckets(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics,
+                start=store_start,
+                end=window_end,
+                interval=timedelta(hours=1),
+                aggregates=aggregates,
+                include_invalid=False,
+                timescale=timescale,
+            )
+
+        async def chart(source: str) -> None:
+            window = service.TimeRange(store_start, window_end)
+            plan = service.chart_plan(window, 1000, now=now)
+            if source == "raw":
+                plan = service.ChartPlan(
+                    plan.width,
+                    plan.origin,
+                    rollups.Plan("raw", window.start, window.end, window.end, window.end),
+                )
+            assert plan.plan.source == source, plan  # noqa: S101
+            await queries.m4(
+                pool,
+                machine_id=rng.choice(machines),
+                metrics=metrics[:1],
+                plan=plan.plan,
+                width=plan.width,
+                origin=plan.origin,
+                include_invalid=False,
+            )
+
+        async def chart_rollup() -> None:
+            await chart("1m")
+
+        async def chart_raw() -> None:
+            await chart("raw")
+
         async def fleet() -> None:
             rows = await queries.latest(pool, machine_ids=machines, include_invalid=False)
             assert len(rows) == len(machines) * len(metrics)  # noqa: S101
@@ -222,6 +295,11 @@ async def _bench(args: argparse.Namespace, url: str) -> str:
         timings = [
             await _time("reference: `SELECT 1` round trip", args.runs, ping),
             await _time("P3 bucketed query (SQL, random machine)", args.runs, bucketed),
+            await _time("P3 from the 1-minute rollup (SQL)", args.runs, p3_rollup),
+            await _time("whole store at 1 h, 3 metrics, from raw (SQL)", args.runs, hourly_raw),
+            await _time("whole store at 1 h, 3 metrics, 1-hour rollup", args.runs, hourly_rollup),
+            await _time("whole store, points=1000, 1 metric, M4 from raw", args.runs, chart_raw),
+            await _time("whole store, points=1000, 1 metric, M4 rollups", args.runs, chart_rollup),
             await _time("fleet latest (SQL)", args.runs, fleet),
         ]
         timings += await _api_timings(args, url, machines, window_start, window_end)
@@ -306,7 +384,7 @@ async def _api_timings(
                 assert response.status_code == 200  # noqa: S101
 
             return [
-                await _time("P3 bucketed query via the API (in-process)", args.runs, bucketed),
+                await _time("P3 via the API (in-process, 1-minute rollup)", args.runs, bucketed),
                 await _time("latest of 1 machine via the API", args.runs, one_latest),
                 await _time("fleet latest via the API", max(20, args.runs // 4), fleet),
             ]
@@ -335,6 +413,11 @@ def _report(
         f"{args.timestamps} timestamps {args.every} s apart), {chunks} chunks, {size}; loaded "
         f"with COPY at {copy_rate:,.0f} readings/s ({args.workers} connections, same run).",
         "",
+        "Rollups (built from the loaded readings by `rollups.rebuild` in "
+        f"{args.rollup_seconds:.1f} s): "
+        + ", ".join(f"`{t}` {rows:,} rows, {size}" for t, (size, rows) in args.rollup_sizes.items())
+        + ".",
+        "",
         "| query | runs | p50 ms | p99 ms | min ms | max ms |",
         "|---|---|---|---|---|---|",
         *[t.line() for t in timings],
@@ -352,22 +435,6 @@ def _report(
         Path(args.plans).write_text("\n".join(out))
         print(f"    plans written to {args.plans}")
     return report
-
-
-async def _create_db(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_db(server_dsn: str, name: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
 
 
 async def _server_version(dsn: str) -> str:
@@ -402,18 +469,18 @@ def run(args: argparse.Namespace) -> int:
     base = make_url(database_settings().url)
     name = f"plantpulse_bench_query_{secrets.token_hex(4)}"
     url = base.set(database=name).render_as_string(hide_password=False)
-    server_dsn = _dsn(base.set(database="postgres").render_as_string(hide_password=False))
+    server_dsn = dsn(base.set(database="postgres").render_as_string(hide_password=False))
     print(f"==> throwaway database {name}")
-    asyncio.run(_create_db(server_dsn, name))
+    asyncio.run(create_db(server_dsn, name))
     try:
         command.upgrade(_alembic_config(url), "head")  # type: ignore[arg-type]
-        args.server_version = asyncio.run(_server_version(_dsn(url)))
+        args.server_version = asyncio.run(_server_version(dsn(url)))
         report = asyncio.run(_bench(args, url))
     finally:
         if args.keep:
             print(f"==> kept database {name}")
         else:
-            asyncio.run(_drop_db(server_dsn, name))
+            asyncio.run(drop_db(server_dsn, name))
             print(f"==> dropped database {name}")
     print(report)
     if args.write:

@@ -52,6 +52,7 @@ class Readiness(BaseModel):
     status: Literal["ready", "degraded", "unavailable"]
     database: Component
     timescaledb: Component
+    timescaledb_jobs: Component
     redis: Component
     mqtt: Component
     revocation_store: Literal["redis", "memory"]
@@ -95,6 +96,39 @@ async def _redis(resources: AppResources) -> Component:
     return Component(status="up")
 
 
+async def _timescale_jobs(resources: AppResources) -> Component:
+    """Failing TimescaleDB jobs: `down` (so `degraded`) when one works on our data."""
+    try:
+        async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
+            failures = await resources.timescale_jobs.check(resources.engine)
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        return Component(status="down", detail=f"job_stats unreadable: {reason}"[:300])
+    info: dict[str, Any] = {
+        "failing": [
+            {
+                "job_id": f.job_id,
+                "name": f.name,
+                "hypertable": f.hypertable,
+                "failures": f.failures,
+                "runs": f.runs,
+                "last_failed_at": f.failed_at.isoformat() if f.failed_at else None,
+                "last_error": f.error,
+            }
+            for f in failures
+        ]
+    }
+    ours = [f for f in failures if not f.housekeeping]
+    if ours:
+        return Component(status="down", detail="; ".join(f.describe() for f in ours), info=info)
+    detail = None
+    if failures:
+        detail = "only TimescaleDB's own housekeeping fails: " + "; ".join(
+            f.describe() for f in failures
+        )
+    return Component(status="up", detail=detail, info=info)
+
+
 def _mqtt(resources: AppResources) -> Component:
     status = resources.extras.get("mqtt_status")
     if status is None:
@@ -122,12 +156,13 @@ def _tasks(resources: AppResources) -> dict[str, TaskReport]:
     responses={503: {"model": Readiness, "description": "The database is down"}},
 )
 async def ready(resources: AppResources) -> JSONResponse:
-    """Readiness of database, TimescaleDB, Redis, MQTT ingest and background tasks.
+    """Readiness of database, TimescaleDB and its jobs, Redis, MQTT ingest and background tasks.
 
-    503 when the database is down; `degraded` (200) when Redis is down, MQTT ingest is not
-    `up` or a background task crashed (it is restarted with backoff; `tasks` shows its last
-    error). MQTT is `down` without a broker connection, `degraded` when messages have waited
-    and nothing was committed for `PLANTPULSE_INGEST__STALL_SECONDS` (the reason is in
+    503 `unavailable` when the database is down; `degraded` (200) when Redis is down, MQTT
+    ingest is not `up`, a TimescaleDB job on PlantPulse's data (compression, retention) keeps
+    failing, or a background task crashed (it is restarted with backoff; `tasks` shows its
+    last error). MQTT is `down` without a broker connection, `degraded` when messages have
+    waited and nothing was committed for `PLANTPULSE_INGEST__STALL_SECONDS` (the reason is in
     `detail`), `error` when one of its tasks crashed."""
     database, redis = await asyncio.gather(_database(resources), _redis(resources))
     if database.status == "up" and not resources.timescale.installed:
@@ -141,12 +176,20 @@ async def ready(resources: AppResources) -> JSONResponse:
         detail=None if ts.installed else "plain PostgreSQL: readings are a regular table",
         info={"version": ts.version, "license": ts.license, "edition": ts.edition},
     )
+    if database.status == "down":
+        jobs = Component(status="down", detail="unknown while the database is down")
+    elif ts.installed:
+        jobs = await _timescale_jobs(resources)
+    else:
+        jobs = Component(status="disabled", detail="no TimescaleDB, no background jobs")
     mqtt = _mqtt(resources)
     tasks = _tasks(resources)
     if database.status == "down":
         overall: Literal["ready", "degraded", "unavailable"] = "unavailable"
-    elif {"down", "degraded", "error"} & {redis.status, mqtt.status} or any(
-        t.status == "error" for t in tasks.values()
+    elif (
+        {"down", "degraded", "error"} & {redis.status, mqtt.status}
+        or jobs.status == "down"
+        or any(t.status == "error" for t in tasks.values())
     ):
         overall = "degraded"
     else:
@@ -155,6 +198,7 @@ async def ready(resources: AppResources) -> JSONResponse:
         status=overall,
         database=database,
         timescaledb=timescale_component,
+        timescaledb_jobs=jobs,
         redis=redis,
         mqtt=mqtt,
         revocation_store="redis" if resources.revocations.kind == "redis" else "memory",

@@ -133,6 +133,10 @@ def publish(
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.serve_source:
+        from plantpulse.sources import demo
+
+        return demo.serve(args.serve_source)
     settings = Settings()
     host, port = settings.mqtt.host, settings.mqtt.port
     if args.broker:
@@ -178,4 +182,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix", help="topic prefix (default: PLANTPULSE_MQTT__TOPIC_PREFIX)")
     parser.add_argument(
         "--no-register", action="store_true", help="do not touch the database (fixed ids)"
+    )
+    parser.add_argument(
+        "--serve-source",
+        metavar="[HOST:]PORT",
+        help="instead of publishing, serve an HTTP endpoint for /api/v1/sources to pull "
+        "(float32 byte points at /points, JSON rows at /json)",
     )

@@ -35,7 +35,8 @@ from plantpulse.machines.schemas import (
     MetricDefinition,
     MetricUpdate,
 )
-from plantpulse.telemetry.models import readings
+from plantpulse.telemetry import rollups
+from plantpulse.telemetry.models import readings, readings_1h, readings_1m
 
 
 class MachineNotFound(NotFound):
@@ -241,6 +242,10 @@ async def delete_machine(session: AsyncSession, *, machine_id: uuid.UUID) -> int
     # readings has no foreign key to machines (it would cost a lookup per ingested row), so
     # they are deleted explicitly, in the same transaction.
     result = await session.execute(delete(readings).where(readings.c.machine_id == machine_id))
+    # Under the rollup lock: a refresh round running now cannot write rows back afterwards.
+    await session.execute(select(func.pg_advisory_xact_lock(rollups.LOCK_ID)))
+    for rollup in (readings_1m, readings_1h):
+        await session.execute(delete(rollup).where(rollup.c.machine_id == machine_id))
     return int(getattr(result, "rowcount", 0) or 0)
 
 

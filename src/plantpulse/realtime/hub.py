@@ -51,6 +51,8 @@ class Subscriber:
         self.include_alerts = include_alerts
         self.machine_ids: set[uuid.UUID] = set()
         self.all = False
+        # Event types this connection wants (None: all); replies are not filtered.
+        self.types: frozenset[str] | None = None
         # (event type, JSON text): WebSocket sends the text, SSE also names the event.
         self.queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(maxsize=buffer)
         self.overflowed = asyncio.Event()
@@ -61,8 +63,9 @@ class Subscriber:
         self.machine_ids |= added
         self._hub._index_add(self, added)
 
-    def subscribe_all(self) -> None:
+    def subscribe_all(self, types: Iterable[str] | None = None) -> None:
         self.all = True
+        self.types = None if types is None else frozenset(types)
         self._hub._all.add(self)
 
     def unsubscribe(self, machine_ids: Iterable[uuid.UUID] | None = None) -> None:
@@ -73,10 +76,13 @@ class Subscriber:
         self._hub._index_remove(self, removed)
         if machine_ids is None:
             self.all = False
+            self.types = None
             self._hub._all.discard(self)
 
     def offer(self, event: Event) -> None:
         if event.type == "alert" and not self.include_alerts:
+            return
+        if self.types is not None and event.type not in self.types:
             return
         if self.overflowed.is_set():
             return

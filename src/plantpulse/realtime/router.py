@@ -26,6 +26,7 @@ from starlette.websockets import WebSocketDisconnect
 from plantpulse.auth import service as auth
 from plantpulse.auth.dependencies import Principal, authenticate_token, bearer
 from plantpulse.auth.permissions import Permission
+from plantpulse.auth.principals import AuthUser
 from plantpulse.auth.security import decode_token
 from plantpulse.db import DbSession
 from plantpulse.errors import (
@@ -46,7 +47,7 @@ from plantpulse.realtime.schemas import (
     UnsubscribeMessage,
     client_message,
 )
-from plantpulse.state import AppResources, Resources, get_resources
+from plantpulse.state import AppResources, Resources, resources_of
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +85,7 @@ async def _principal(resources: Resources, token: str) -> Principal:
     claims = decode_token(resources.settings.auth, token, expected_type="access")
     async with resources.sessionmaker() as session:
         user = await auth.user_for_token(session, claims=claims, revocations=resources.revocations)
-    return Principal(user=user, claims=claims)
+    return Principal(user=AuthUser.of(user), claims=claims)
 
 
 async def _check(resources: Resources, token: str) -> Principal:
@@ -122,7 +123,10 @@ def _error(sub: Subscriber, code: str, detail: str, ref: Any = None) -> None:
 
 def _subscribed(sub: Subscriber, ref: Any) -> None:
     ids = sorted(str(m) for m in sub.machine_ids)
-    _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids)
+    if sub.types is None:
+        _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids)
+    else:
+        _reply(sub, "subscribed", ref, all=sub.all, machine_ids=ids, types=sorted(sub.types))
 
 
 async def _first_token(websocket: WebSocket, wait_seconds: float) -> str:
@@ -169,7 +173,7 @@ async def _receive(
             sub.subscribe(known)
             _subscribed(sub, ref)
         elif isinstance(parsed, SubscribeAllMessage):
-            sub.subscribe_all()
+            sub.subscribe_all(parsed.types)
             _subscribed(sub, ref)
         elif isinstance(parsed, UnsubscribeMessage):
             sub.unsubscribe(parsed.machine_ids)
@@ -245,7 +249,7 @@ async def _close(websocket: WebSocket, code: int, reason: str) -> None:
 @router.websocket("/ws")
 async def websocket_stream(websocket: WebSocket, token: str | None = None) -> None:
     """Live readings and alerts over WebSocket (protocol: docs/realtime.md)."""
-    resources = get_resources(websocket)
+    resources = resources_of(websocket)
     hub = hub_of(resources)
     await websocket.accept()
     sub: Subscriber | None = None

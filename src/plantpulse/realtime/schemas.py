@@ -28,8 +28,15 @@ class SubscribeMessage(_Message):
     machine_ids: list[uuid.UUID] = Field(min_length=1, max_length=MAX_IDS_PER_MESSAGE)
 
 
+EventType = Literal["reading", "alert", "machine_status"]
+
+
 class SubscribeAllMessage(_Message):
     action: Literal["subscribe_all"]
+    # An alerts screen wants every machine's alerts without every machine's readings.
+    types: list[EventType] | None = Field(
+        default=None, min_length=1, description="Only these event types; omit for all"
+    )
 
 
 class UnsubscribeMessage(_Message):

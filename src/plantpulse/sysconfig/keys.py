@@ -68,6 +68,19 @@ KEYS: dict[str, ConfigKey] = {
             "the Community edition, a periodic job otherwise).",
             Annotated[int, Field(strict=True, ge=1, le=36_500)] | None,
         ),
+        _key(
+            "rollup_1m_retention_days",
+            "an integer from 1 to 36500, or null to keep them forever",
+            "1-minute rollups older than this many days are deleted (checked hourly); "
+            "bucketed queries over older ranges can still use the 1-hour rollups.",
+            Annotated[int, Field(strict=True, ge=1, le=36_500)] | None,
+        ),
+        _key(
+            "rollup_1h_retention_days",
+            "an integer from 1 to 36500, or null to keep them forever",
+            "1-hour rollups older than this many days are deleted (checked hourly).",
+            Annotated[int, Field(strict=True, ge=1, le=36_500)] | None,
+        ),
     )
 }
 

@@ -16,6 +16,9 @@ class LiveConfig:
     backfill_window_seconds: float = 3600.0
     # None keeps readings forever.
     retention_days: int | None = None
+    # Rollups (telemetry/rollups.py): None keeps them forever.
+    rollup_1m_retention_days: int | None = None
+    rollup_1h_retention_days: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LiveConfig:

@@ -18,6 +18,7 @@ from plantpulse.db import utcnow
 from plantpulse.sysconfig.keys import KEYS, get_key
 from plantpulse.sysconfig.live import LiveConfig
 from plantpulse.sysconfig.models import ConfigAudit, SystemConfig
+from plantpulse.sysconfig.retention import REMOVE_POLICY
 from plantpulse.timescale import TimescaleInfo
 
 
@@ -86,8 +87,9 @@ async def set_value(
 
 
 async def apply_retention_policy(session: AsyncSession, *, days: int | None) -> None:
-    """Community edition: TimescaleDB's own job drops old chunks (none when `days` is None)."""
-    await session.execute(text("SELECT remove_retention_policy('readings', if_exists => true)"))
+    """Community edition: TimescaleDB's own job drops old chunks (none when `days` is None).
+    retention.reconcile_policy() restores this from the stored value if the two ever part."""
+    await session.execute(text(REMOVE_POLICY))
     if days is not None:
         await session.execute(
             text("SELECT add_retention_policy('readings', make_interval(days => :days))"),

@@ -3,7 +3,9 @@
 At start-up the stored values are applied. A change made through the API is applied here at
 once and announced on Redis (`<prefix>config`) so other processes apply it too; on each
 (re)subscription the stored values are re-read in case an announcement was missed. Without
-Redis, every process re-reads the table every `sysconfig.reload_seconds`.
+Redis, every process re-reads the table every `sysconfig.reload_seconds`. If the database is
+down at start-up, the stored values are read (and the retention policy reconciled) as soon as
+it answers: every `sysconfig.reload_seconds` until then.
 """
 
 from __future__ import annotations
@@ -16,13 +18,13 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from plantpulse import db_errors, timescale
 from plantpulse.realtime.broadcast import Broadcast
 from plantpulse.state import Resources
 from plantpulse.supervisor import Supervised
-from plantpulse.sysconfig import service
+from plantpulse.sysconfig import retention, service
 from plantpulse.sysconfig.keys import KEYS
 from plantpulse.sysconfig.live import LiveConfig
-from plantpulse.sysconfig.retention import retention_job
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,9 @@ class ConfigSync:
         self.defaults: LiveConfig = dataclasses.replace(resources.live)
         self._broadcast: Broadcast | None = None
         self._tasks: list[Supervised] = []
+        # The stored values were read at least once (else the defaults are in effect).
+        self.loaded = False
+        self._retention_failing = False
 
     @property
     def live(self) -> LiveConfig:
@@ -46,14 +51,20 @@ class ConfigSync:
             setattr(self._resources.live, key, value)
 
     async def reload(self) -> None:
+        await self._load()
+
+    async def _load(self) -> bool:
         try:
             async with self._resources.sessionmaker() as session:
                 values = await service.stored_values(session)
         except (SQLAlchemyError, OSError) as exc:
-            log.warning("could not read system settings (%s); keeping the current values", exc)
-            return
+            keeping = "the current values" if self.loaded else "the defaults meanwhile"
+            log.warning("could not read system settings (%s); keeping %s", exc, keeping)
+            return False
         for key in KEYS:
             self.apply(key, values.get(key, getattr(self.defaults, key)))
+        self.loaded = True
+        return True
 
     def changed(self, key: str, value: Any) -> None:
         """A committed change: apply it here and tell the other processes."""
@@ -66,19 +77,41 @@ class ConfigSync:
         if key in KEYS:
             self.apply(key, KEYS[key].validate(value))
 
+    async def _retention_round(self) -> bool:
+        """Apply retention_days (retention.py); False when the database did not answer."""
+        resources = self._resources
+        if not self.loaded and not await self._load():
+            return False
+        try:
+            if not resources.timescale.installed:
+                # Not detected at start-up if the database was down then.
+                async with resources.engine.connect() as conn:
+                    resources.timescale = await timescale.detect(conn)
+            await retention.enforce(
+                resources.pg, days=resources.live.retention_days, timescale=resources.timescale
+            )
+        except Exception as exc:
+            # A bug must not end retention for good either: logged, and retried like an outage.
+            if not db_errors.is_database_error(exc):
+                log.exception("retention round failed; retrying")
+            elif not self._retention_failing:
+                log.warning("retention not applied (%s: %s); retrying", type(exc).__name__, exc)
+            self._retention_failing = True
+            return False
+        self._retention_failing = False
+        return True
+
+    async def _retention_forever(self) -> None:
+        settings = self._resources.settings.sysconfig
+        retry = min(settings.reload_seconds, settings.retention_check_seconds)
+        while True:
+            done = await self._retention_round()
+            await asyncio.sleep(settings.retention_check_seconds if done else retry)
+
     async def _reload_forever(self) -> None:
         while True:
             await asyncio.sleep(self._resources.settings.sysconfig.reload_seconds)
             await self.reload()
-
-    async def _retention_forever(self) -> None:
-        resources = self._resources
-        await retention_job(
-            resources.pg,
-            live=resources.live,
-            timescale=resources.timescale,
-            every_seconds=resources.settings.sysconfig.retention_check_seconds,
-        )
 
     async def start(self) -> None:
         await self.reload()

@@ -10,7 +10,11 @@ drops the good ones next to it. Rules:
 - timestamps more than `future_skew` into the future are rejected, and so are those before
   1970 (epoch values cannot express them, and TimescaleDB cannot store the earliest years);
 - `timestamp` and `valid` are never metric names: query responses use them as keys of the
-  wide rows (`{"timestamp": ..., "temperature": ..., "valid": {...}}`).
+  wide rows (`{"timestamp": ..., "temperature": ..., "valid": {...}}`);
+- one payload holds at most one value per machine, metric and time: the first is kept and every
+  later one is rejected with a reason. Storage keeps one row per (time, machine, metric), so
+  without this rule the later ones would vanish as "duplicates"; it bites mostly when several
+  readings of a list carry no timestamp and so all take the same time (issue 8, item 5).
 
 This runs once per MQTT message, in the message callback, so it is a hot path. Readings go
 through `_append_plain` first: a few type checks per value, metric names and ISO timestamps
@@ -21,10 +25,12 @@ where; so the fast path can only change the speed, never the outcome.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -58,6 +64,9 @@ class Rejection:
 class Parsed:
     rows: list[Row] = field(default_factory=list)
     rejected: list[Rejection] = field(default_factory=list)
+    # (time, machine_id, metric) of rows the sender marked invalid (a pulled source's tags):
+    # stored with valid=false whatever their value. Empty for devices.
+    forced_invalid: set[tuple[datetime, uuid.UUID, str]] = field(default_factory=set)
 
     def reject(self, where: str, reason: str) -> None:
         self.rejected.append(Rejection(where, reason))
@@ -273,7 +282,9 @@ def single_device(payload: Any, *, machine_id: uuid.UUID, clock: Clock) -> Parse
         readings = payload["readings"]
         if not isinstance(readings, list):
             raise PayloadError("'readings' must be a list")
+        starts: list[int] = []
         for i, reading in enumerate(readings):
+            starts.append(len(out.rows))
             if _append_reading(out, reading, machine_id=machine_id, default_time=base, clock=clock):
                 continue
             add_reading(
@@ -284,6 +295,7 @@ def single_device(payload: Any, *, machine_id: uuid.UUID, clock: Clock) -> Parse
                 clock=clock,
                 where=f"readings[{i}]",
             )
+        _reject_repeats(out, starts, lambda k: f"readings[{k}]")
     # The flat shape: `base` is already this object's own timestamp.
     elif not _append_plain(out.rows, payload, base, machine_id, flat=True):
         add_reading(out, payload, machine_id=machine_id, default_time=base, clock=clock, where="$")
@@ -305,7 +317,12 @@ def gateway_batch(payload: Any, *, clock: Clock, only_machine: uuid.UUID | None 
     base = _base_time(payload, clock, out, "")
     if base is None:
         return out
+    # Where each reading's rows start (`starts`), and which reading each entry starts with
+    # (`entries`): enough to name a repeated reading without formatting every location.
+    starts: list[int] = []
+    entries: list[int] = []
     for i, entry in enumerate(batch):
+        entries.append(len(starts))
         # Locations are formatted only for rejections: most entries have none.
         if not isinstance(entry, dict):
             out.reject(f"batch[{i}]", "a batch entry must be a JSON object")
@@ -327,6 +344,7 @@ def gateway_batch(payload: Any, *, clock: Clock, only_machine: uuid.UUID | None 
             out.reject(f"batch[{i}].readings", "'readings' must be a list")
             continue
         for j, reading in enumerate(readings):
+            starts.append(len(out.rows))
             if _append_reading(out, reading, machine_id=machine_id, default_time=base, clock=clock):
                 continue
             add_reading(
@@ -337,7 +355,45 @@ def gateway_batch(payload: Any, *, clock: Clock, only_machine: uuid.UUID | None 
                 clock=clock,
                 where=f"batch[{i}].readings[{j}]",
             )
+
+    def where(k: int) -> str:
+        i = bisect.bisect_right(entries, k) - 1
+        return f"batch[{i}].readings[{k - entries[i]}]"
+
+    _reject_repeats(out, starts, where)
     return out
+
+
+def _reject_repeats(out: Parsed, starts: list[int], where: Callable[[int], str]) -> None:
+    """Keep the first row of each (time, machine, metric) in `out.rows`, reject the others.
+
+    `starts[k]` is the index of the first row of reading `k` (readings with no good value
+    have none), `where(k)` its location. Only a payload with a repeat pays for more than one
+    set of keys.
+    """
+    rows = out.rows
+    # Keyed by the UUID's integer: `UUID.__hash__` is Python code, twice as slow per row.
+    if len(rows) < 2 or len({(t, m.int, k) for t, m, k, _ in rows}) == len(rows):
+        return
+    first: dict[tuple[datetime, int, str], int] = {}
+    kept: list[Row] = []
+    reading = 0
+    for n, row in enumerate(rows):
+        # The reading this row belongs to: the last one that starts at or before it.
+        while reading + 1 < len(starts) and starts[reading + 1] <= n:
+            reading += 1
+        time, machine_id, metric, _ = row
+        owner = first.setdefault((time, machine_id.int, metric), reading)
+        if owner == reading:  # a reading never holds one metric twice (JSON object keys)
+            kept.append(row)
+            continue
+        out.reject(
+            f"{where(reading)}.{metric}",
+            f"{where(owner)} already has {metric!r} at {time.isoformat()}: a payload holds "
+            "one value per machine, metric and time (readings without a timestamp all take "
+            "the payload's time: give each its own)",
+        )
+    out.rows = kept
 
 
 def _machine_uuid(value: Any) -> uuid.UUID:

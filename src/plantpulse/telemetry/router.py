@@ -4,8 +4,9 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -27,7 +28,7 @@ from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.dependencies import TelemetrySender
 from plantpulse.schemas import Offset
 from plantpulse.state import AppResources, Resources
-from plantpulse.telemetry import payloads, queries, service
+from plantpulse.telemetry import payloads, queries, rollups, service
 from plantpulse.telemetry.cache import TelemetryCache
 from plantpulse.telemetry.schemas import (
     DEVICE_BODY,
@@ -58,7 +59,8 @@ _INGEST_RESPONSES: dict[int | str, dict[str, Any]] = {
     207: {
         "model": IngestResult,
         "description": "Some readings were accepted, some rejected: `rejected_items` says "
-        "where and why",
+        "where and why. A request holds one value per machine, metric and time: later ones "
+        "(e.g. readings without timestamps, which all take the same time) are rejected",
     },
     **error_responses(400, 401, 403, 404, 503),
     413: {
@@ -244,9 +246,34 @@ async def query_telemetry(
         Query(description="With interval: avg,min,max,sum,count,first,last (default avg,min,max)"),
     ] = None,
     fill: Annotated[
-        Literal["none", "null"],
-        Query(description="With interval: `null` lists empty buckets with null values"),
+        service.Fill,
+        Query(
+            description="With interval: list empty buckets too, with null values (`null`), "
+            "the previous bucket's values (`previous`) or values interpolated between the "
+            "neighbouring buckets (`linear`); with `previous`/`linear` their count is 0. "
+            "Only buckets inside the range are used"
+        ),
     ] = "none",
+    tz: Annotated[
+        str | None,
+        Query(
+            description="With interval=1d: days of this time zone (IANA name, e.g. "
+            "Europe/Berlin): each bucket is a local calendar day starting at local midnight "
+            "(23 or 25 hours across a DST change); timestamps stay UTC",
+            examples=["Europe/Berlin"],
+        ),
+    ] = None,
+    points: Annotated[
+        int | None,
+        Query(
+            ge=service.MIN_POINTS,
+            le=service.MAX_POINTS,
+            description="For charts: at most this many points per metric over the whole "
+            "range (M4: per chart bucket the first, smallest, largest and last reading, so "
+            "spikes survive); read from the rollups for long ranges. Not with interval, agg, "
+            "fill, limit, offset or include_invalid",
+        ),
+    ] = None,
     limit: Annotated[
         int | None,
         Query(ge=1, le=MAX_LIMIT, description="Rows (timestamps or buckets); raw default 1000"),
@@ -255,7 +282,7 @@ async def query_telemetry(
     order: Annotated[Literal["asc", "desc"], Query(description="By time")] = "desc",
     include_invalid: IncludeInvalid = False,
 ) -> Response:
-    """Readings of a machine as wide rows, raw or aggregated into time buckets."""
+    """Readings of a machine as wide rows: raw, aggregated into time buckets, or downsampled."""
     include_invalid = _may_see_invalid(principal, include_invalid)
     now = datetime.now(UTC)
     window = service.time_range(start_time, end_time, now=now)
@@ -264,11 +291,18 @@ async def query_telemetry(
     aggregates = service.parse_aggregates(agg) if step else None
     if step is None and (agg or fill != "none"):
         raise service.InvalidQuery("agg and fill need an interval")
+    if points is not None and (step is not None or limit is not None or offset or include_invalid):
+        raise service.InvalidQuery(
+            "points cannot be combined with interval, agg, fill, limit, offset or include_invalid"
+        )
+    zone = service.parse_zone(tz) if tz else None
+    if zone is not None and step != timedelta(days=1):
+        raise service.InvalidQuery("tz applies to day buckets: use it with interval=1d")
     if step is not None:
         service.check_bucket_count(window, step)
     await machines.get_machine(session, machine_id)
 
-    if step is None or aggregates is None:
+    if points is None and (step is None or aggregates is None):
         async with service.database_errors():
             metrics = names or await queries.machine_metrics(resources.pg, machine_id)
             size = limit or RAW_DEFAULT_LIMIT
@@ -288,6 +322,7 @@ async def query_telemetry(
                 else []
             )
         page = TelemetryPage.model_construct(
+            retained_since=_retained_since(resources, now),
             machine_id=machine_id,
             start_time=window.start,
             end_time=window.end,
@@ -312,6 +347,8 @@ async def query_telemetry(
             "interval": interval,
             "agg": aggregates,
             "fill": fill,
+            "points": points,
+            "tz": tz,
             "limit": limit,
             "offset": offset,
             "order": order,
@@ -323,52 +360,191 @@ async def query_telemetry(
         return Response(cached, media_type="application/json", headers={"X-Cache": "hit"})
     async with service.database_errors():
         metrics = names or await queries.machine_metrics(resources.pg, machine_id)
-        records = (
-            await queries.buckets(
-                resources.pg,
+        if points is not None:
+            page = await _chart_page(
+                resources,
                 machine_id=machine_id,
                 metrics=metrics,
-                start=window.start,
-                end=window.end,
-                interval=step,
-                aggregates=aggregates,
-                include_invalid=include_invalid,
-                timescale=resources.timescale.installed,
+                window=window,
+                now=now,
+                points=points,
+                order=order,
             )
-            if metrics
-            else []
+        elif step is not None and aggregates is not None:
+            page = await _bucket_page(
+                resources,
+                machine_id=machine_id,
+                metrics=metrics,
+                window=window,
+                now=now,
+                step=step,
+                interval=interval,
+                aggregates=aggregates,
+                fill=fill,
+                zone=zone,
+                limit=limit,
+                offset=offset,
+                order=order,
+                include_invalid=include_invalid,
+            )
+        else:  # unreachable: the raw branch above took every other case
+            raise service.InvalidQuery("interval or points is required")
+    body = page.model_dump_json().encode()
+    relative = end_time is None or service.is_relative(end_time) or service.is_relative(start_time)
+    ttl = cache.ttl_for(end=window.end, relative=relative, now=now)
+    await cache.put(key, body, version=version, ttl=ttl)
+    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+def _retained_since(resources: Resources, now: datetime) -> dict[str, datetime | None]:
+    live = resources.live
+    days = {
+        "raw": live.retention_days,
+        "1m": live.rollup_1m_retention_days,
+        "1h": live.rollup_1h_retention_days,
+    }
+    return {name: None if d is None else now - timedelta(days=d) for name, d in days.items()}
+
+
+async def _bucket_page(
+    resources: Resources,
+    *,
+    machine_id: uuid.UUID,
+    metrics: list[str],
+    window: service.TimeRange,
+    now: datetime,
+    step: timedelta,
+    interval: str | None,
+    aggregates: list[str],
+    fill: service.Fill,
+    zone: ZoneInfo | None,
+    limit: int | None,
+    offset: int,
+    order: Literal["asc", "desc"],
+    include_invalid: bool,
+) -> TelemetryPage:
+    grid: list[datetime] | None = None
+    if zone is not None:
+        # Local days: the rollups answer when no rollup bucket straddles a local midnight.
+        grid = service.local_days(window, zone)
+        width = service.day_rollup_step(grid)
+        raw = rollups.Plan("raw", window.start, window.end, window.end, window.end)
+        plan = (
+            raw if width is None else rollups.plan(window.start, window.end, width=width, now=now)
+        )
+    else:
+        plan = rollups.plan(window.start, window.end, width=step, now=now)
+    plan = await rollups.settled(resources.pg, plan, machine_id)
+    records: list[Any] = []
+    if metrics and zone is not None:
+        records = await queries.rollup_buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
+            zone=zone.key,
+        )
+    elif metrics and plan.source == "raw":
+        records = await queries.buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            start=window.start,
+            end=window.end,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
+            timescale=resources.timescale.installed,
+        )
+    elif metrics:
+        records = await queries.rollup_buckets(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            interval=step,
+            aggregates=aggregates,
+            include_invalid=include_invalid,
         )
     rows = service.wide_buckets(
         records,
         metrics=metrics,
         aggregates=aggregates,
         include_invalid=include_invalid,
-        fill=fill == "null",
+        fill=fill,
         window=window,
         interval=step,
+        grid=grid,
     )
     if order == "desc":
         rows.reverse()
     size = limit or service.MAX_BUCKETS
     # Built from checked values: skip re-validating thousands of rows.
-    page = TelemetryPage.model_construct(
+    return TelemetryPage.model_construct(
+        retained_since=_retained_since(resources, now),
         machine_id=machine_id,
         start_time=window.start,
         end_time=window.end,
         fields=list(metrics),
         interval=interval,
         agg=aggregates,
+        points=None,
+        source=plan.source,
         order=order,
         limit=size,
         offset=offset,
         has_more=len(rows) > offset + size,
         items=[row for _, row in rows[offset : offset + size]],
     )
-    body = page.model_dump_json().encode()
-    relative = end_time is None or service.is_relative(end_time) or service.is_relative(start_time)
-    ttl = cache.ttl_for(end=window.end, relative=relative, now=now)
-    await cache.put(key, body, version=version, ttl=ttl)
-    return Response(body, media_type="application/json", headers={"X-Cache": "miss"})
+
+
+async def _chart_page(
+    resources: Resources,
+    *,
+    machine_id: uuid.UUID,
+    metrics: list[str],
+    window: service.TimeRange,
+    now: datetime,
+    points: int,
+    order: Literal["asc", "desc"],
+) -> TelemetryPage:
+    chart = service.chart_plan(window, points, now=now)
+    plan = await rollups.settled(resources.pg, chart.plan, machine_id)
+    records = (
+        await queries.m4(
+            resources.pg,
+            machine_id=machine_id,
+            metrics=metrics,
+            plan=plan,
+            width=chart.width,
+            origin=chart.origin,
+            include_invalid=False,
+        )
+        if metrics
+        else []
+    )
+    rows = service.wide_points(records)
+    if order == "desc":
+        rows.reverse()
+    return TelemetryPage.model_construct(
+        retained_since=_retained_since(resources, now),
+        machine_id=machine_id,
+        start_time=window.start,
+        end_time=window.end,
+        fields=list(metrics),
+        interval=None,
+        agg=None,
+        points=points,
+        source=plan.source,
+        order=order,
+        limit=len(rows),
+        offset=0,
+        has_more=False,
+        items=[row for _, row in rows],
+    )
 
 
 def _machine_latest(
@@ -399,19 +575,20 @@ def _json(data: Any) -> Response:
 )
 async def machine_latest(
     machine_id: uuid.UUID,
-    session: DbSession,
     resources: AppResources,
     principal: ReadTelemetry,
     include_invalid: IncludeInvalid = False,
 ) -> Response:
     """The newest value of every metric of a machine, by event time."""
     include_invalid = _may_see_invalid(principal, include_invalid)
-    machine = await machines.get_machine(session, machine_id)
     async with service.database_errors():
-        records = await queries.latest(
-            resources.pg, machine_ids=[machine_id], include_invalid=include_invalid
+        found = await queries.machine_latest(
+            resources.pg, machine_id=machine_id, include_invalid=include_invalid
         )
-    return _json(_machine_latest(machine_id, machine.name, records, include_invalid))
+    if found is None:
+        raise machines.MachineNotFound(f"machine {machine_id} does not exist")
+    name, records = found
+    return _json(_machine_latest(machine_id, name, records, include_invalid))
 
 
 def _parse_ids(value: str | None) -> list[uuid.UUID] | None:

@@ -64,6 +64,22 @@ class TelemetryPage(BaseModel):
     fields: list[str] = Field(description="The metrics asked for (all catalogued if omitted)")
     interval: str | None = Field(default=None, description="Bucket width, when bucketed")
     agg: list[str] | None = Field(default=None, description="Aggregates, when bucketed")
+    points: int | None = Field(
+        default=None, description="With `points=N`: at most N points per metric (M4)"
+    )
+    retained_since: dict[str, UtcDatetime | None] = Field(
+        default_factory=dict,
+        description="Per resolution (`raw`, `1m`, `1h`): the oldest time retention keeps "
+        "it for (null: kept forever). A range older than `raw` is answerable only by "
+        "buckets that are whole minutes (`1m`) or hours (`1h`) still retained; raw "
+        "retention drops whole days, so somewhat older readings may still be there",
+    )
+    source: Literal["raw", "1m", "1h"] = Field(
+        default="raw",
+        description="Where the aligned middle of the range was read from: the readings, or "
+        "the 1-minute/1-hour rollups (its edges and the last minutes always come from the "
+        "readings)",
+    )
     order: Literal["asc", "desc"]
     limit: int
     offset: int
@@ -75,7 +91,9 @@ class TelemetryPage(BaseModel):
             'start>, "temperature_avg": ..., "temperature_max": ...}` (`<metric>_<agg>`; '
             "with `fill=null` empty buckets are listed with nulls). With `include_invalid=true` "
             'raw rows carry `"valid": {"<metric>": false, ...}` and buckets '
-            "`<metric>_invalid` (how many of the bucket's readings are invalid)."
+            "`<metric>_invalid` (how many of the bucket's readings are invalid). With "
+            "`points=N`: raw-shaped rows holding, per metric and chart bucket, the first, "
+            "smallest, largest and last reading (M4)."
         )
     )
 
@@ -117,8 +135,10 @@ class DeleteResult(BaseModel):
 # so these document it in OpenAPI.
 READING_SCHEMA: dict[str, Any] = {
     "type": "object",
-    "description": "`timestamp` (ISO 8601 with offset, or epoch s/ms) plus any numeric "
-    "field, each a metric",
+    "description": "`timestamp` (ISO 8601 with offset, or epoch s/ms; default: the batch's, "
+    "then the server's time) plus any numeric field, each a metric. One request holds one value "
+    "per machine, metric and time: a later one is rejected, so give each reading of a list its "
+    "own timestamp",
     "properties": {"timestamp": {"type": ["string", "number"]}},
     "additionalProperties": {"type": ["number", "null"]},
 }

@@ -4,6 +4,7 @@ ranges, bucket intervals, metric lists) into checked values."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -12,8 +13,9 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, time, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
@@ -30,7 +32,7 @@ from plantpulse.ingest import dead_letters
 from plantpulse.machines import connectivity
 from plantpulse.machines.catalog import MachineCatalog
 from plantpulse.machines.models import Connectivity
-from plantpulse.telemetry import queries
+from plantpulse.telemetry import queries, rollups
 from plantpulse.telemetry.payloads import (
     EPOCH_MS_THRESHOLD,
     METRIC_NAME,
@@ -116,7 +118,7 @@ async def store_batch(
         dropped = frozenset(unknown - registering)
         if registering:
             await catalog.register(conn, registering)
-        written = await writer.write_in(conn, kept.rows)
+        written = await writer.write_in(conn, kept.rows, forced_invalid=kept.forced_invalid)
         applied = await connectivity.record(conn, statuses) if statuses else []
         letters = dead_letters_of(dropped, applied) if dead_letters_of else ()
         await dead_letters.record(conn, letters)
@@ -140,7 +142,7 @@ async def _keep_known(
     unknown = wanted - await catalog.known(wanted, conn)
     if not unknown or auto_register:
         return parsed, unknown
-    result = Parsed(rejected=list(parsed.rejected))
+    result = Parsed(rejected=list(parsed.rejected), forced_invalid=parsed.forced_invalid)
     result.rows = [row for row in parsed.rows if row[1] not in unknown]
     for machine_id in sorted(unknown, key=str):
         result.reject(str(machine_id), f"machine {machine_id} is not registered")
@@ -338,6 +340,38 @@ def is_relative(value: str | None) -> bool:
     return value is not None and (value.strip() == "now" or bool(_RELATIVE.match(value.strip())))
 
 
+def parse_zone(value: str) -> ZoneInfo:
+    """An IANA time zone name (Europe/Berlin) for day buckets in the plant's time."""
+    try:
+        return ZoneInfo(value.strip())
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise InvalidQuery(
+            f"tz: {value[:64]!r} is not a time zone name like Europe/Berlin or UTC"
+        ) from exc
+
+
+def local_days(window: TimeRange, zone: ZoneInfo) -> list[datetime]:
+    """The starts (in UTC) of the local calendar days that overlap the window: 23 or 25 hours
+    apart across a DST change."""
+    day = window.start.astimezone(zone).date()
+    starts: list[datetime] = []
+    while True:
+        midnight = datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+        if midnight >= window.end:
+            return starts
+        starts.append(midnight)
+        day += timedelta(days=1)
+
+
+def day_rollup_step(days: Sequence[datetime]) -> timedelta | None:
+    """The coarsest rollup whose buckets never straddle a local midnight of these days
+    (1 h for whole-hour offsets such as Europe/Berlin, 1 min for Asia/Kolkata), or None."""
+    for step in (rollups.HOUR, rollups.MINUTE):
+        if all((day - rollups.ORIGIN) % step == timedelta(0) for day in days):
+            return step
+    return None
+
+
 BUCKET_ORIGIN = datetime(2000, 1, 3, tzinfo=UTC)
 
 
@@ -379,13 +413,19 @@ def wide_buckets(
     metrics: Sequence[str],
     aggregates: Sequence[str],
     include_invalid: bool,
-    fill: bool,
+    fill: Fill,
     window: TimeRange,
     interval: timedelta,
+    grid: Sequence[datetime] | None = None,
 ) -> list[tuple[datetime, dict[str, Any]]]:
     """(bucket start, row) in ascending time; every row has every `<metric>_<agg>` key.
 
-    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid)."""
+    `records` are queries.buckets() rows: bucket, metric, the aggregates (, invalid);
+    `grid`: the bucket starts when they are not `interval` apart (local days).
+    `fill`: "none" lists buckets with readings only; the others list every bucket of the
+    window, empty ones with nulls ("null"), or with values carried from the previous bucket
+    that has one ("previous") or interpolated between the neighbours that have one by bucket
+    start time ("linear"). With "previous"/"linear" a bucket without readings counts 0."""
     columns = [*aggregates, *(["invalid"] if include_invalid else [])]
     # Record positions, not names: this loop runs for every (bucket, metric) of the answer.
     targets = {m: [(i, f"{m}_{c}") for i, c in enumerate(columns, start=2)] for m in metrics}
@@ -400,7 +440,11 @@ def wide_buckets(
             row = by_bucket[bucket] = template.copy()
         for position, key in targets[record[1]]:
             row[key] = record[position]
-    if fill:
+    if fill != "none" and grid is not None:
+        for bucket in grid:
+            if bucket not in by_bucket:
+                by_bucket[bucket] = template.copy()
+    elif fill != "none":
         bucket = bucket_start(window.start, interval)
         while bucket < window.end:
             if bucket not in by_bucket:
@@ -409,7 +453,104 @@ def wide_buckets(
     ordered = sorted(by_bucket.items(), key=lambda item: item[0])
     for bucket, row in ordered:
         row["timestamp"] = utc_iso(bucket)
+    if fill in ("previous", "linear"):
+        for metric in metrics:
+            for column in columns:
+                key = f"{metric}_{column}"
+                if column in ("count", "invalid"):
+                    for _, row in ordered:
+                        if row[key] is None:
+                            row[key] = 0
+                elif fill == "previous":
+                    _carry_forward(ordered, key)
+                else:
+                    _interpolate(ordered, key)
     return ordered
+
+
+Fill = Literal["none", "null", "previous", "linear"]
+
+
+def _carry_forward(rows: list[tuple[datetime, dict[str, Any]]], key: str) -> None:
+    last: Any = None
+    for _, row in rows:
+        if row[key] is None:
+            row[key] = last
+        else:
+            last = row[key]
+
+
+def _interpolate(rows: list[tuple[datetime, dict[str, Any]]], key: str) -> None:
+    known = [i for i, (_, row) in enumerate(rows) if row[key] is not None]
+    for left, right in itertools.pairwise(known):
+        if right - left < 2:
+            continue
+        t0, v0 = rows[left][0], rows[left][1][key]
+        t1, v1 = rows[right][0], rows[right][1][key]
+        for i in range(left + 1, right):
+            share = (rows[i][0] - t0) / (t1 - t0)
+            rows[i][1][key] = v0 + (v1 - v0) * share
+
+
+# ---------------------------------------------------------------------------------------------
+# Downsampling for charts (points=N)
+#
+# M4 (Jugel et al., VLDB 2014): per chart bucket, the first, last, smallest and largest
+# reading. A line chart drawn from those is pixel-identical to one drawn from every reading
+# when a bucket is one pixel column wide, and spikes are never lost (LTTB picks one point per
+# bucket by triangle area and may drop a one-sample spike). All four are decomposable, so a
+# bucket is answered from the 1-minute/1-hour rollups; LTTB needs every reading of a bucket
+# and the previous bucket's choice, so it always scans the raw readings.
+
+MIN_POINTS = 4
+MAX_POINTS = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class ChartPlan:
+    width: timedelta
+    origin: datetime
+    plan: rollups.Plan
+
+
+def chart_plan(window: TimeRange, points: int, *, now: datetime) -> ChartPlan:
+    """Buckets for at most `points` points per metric: at most points // 4 buckets of M4.
+    Widths of a whole number of hours (minutes) on an hour (minute) read the rollups."""
+    buckets = max(1, points // 4)
+    span = window.end - window.start
+    for step in (rollups.HOUR, rollups.MINUTE):
+        if span / buckets >= step:
+            # The first bucket starts at the step before start_time: one step more to cover.
+            width = step * math.ceil((span + step) / (buckets * step))
+            origin = rollups.floor(window.start, step)
+            break
+    else:
+        width = timedelta(microseconds=math.ceil(span / timedelta(microseconds=1) / buckets))
+        origin = window.start
+    return ChartPlan(
+        width=width,
+        origin=origin,
+        plan=rollups.plan(window.start, window.end, width=width, now=now, origin=origin),
+    )
+
+
+def wide_points(records: Sequence[asyncpg.Record]) -> list[tuple[datetime, dict[str, Any]]]:
+    """queries.m4() records as wide rows in ascending time: a metric is present at the times
+    it has a point."""
+    by_time: dict[datetime, dict[str, Any]] = {}
+    for record in records:
+        metric = record["metric"]
+        for moment, value in (
+            (record["first_time"], record["first"]),
+            (record["min_time"], record["min"]),
+            (record["max_time"], record["max"]),
+            (record["last_time"], record["last"]),
+        ):
+            row = by_time.get(moment)
+            if row is None:
+                row = by_time[moment] = {"timestamp": utc_iso(moment)}
+            row[metric] = value
+    return sorted(by_time.items(), key=lambda item: item[0])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
-"""MQTT packet ids committed per client and batch, to recognise QoS 1 redeliveries (docs/ingest.md).
+"""MQTT packet ids committed per client and batch: recognising QoS 1 redeliveries.
 
-Revision ID: 0004
-Revises: 0003
+Revision ID: 0006_mqtt_deliveries
+Revises: 0005_rollups
 Create Date: 2026-12-07
 """
 
@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0004"
-down_revision: str | None = "0003"
+revision: str = "0006_mqtt_deliveries"
+down_revision: str | None = "0005_rollups"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
