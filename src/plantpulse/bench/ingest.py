@@ -309,6 +309,10 @@ class Service:
 
 
 async def _main(args: argparse.Namespace) -> int:
+    if args.workers > 1 and not args.timestamps:
+        # Several workers are counted by the rows' device times (`_wait_new_rows`).
+        print("--no-timestamps needs --workers 1", file=sys.stderr)
+        return 2
     database = database_settings()
     broker_process: BenchBroker | None = None
     if args.broker:
