@@ -1,4 +1,5 @@
-"""`plantpulse serve | migrate | create-admin` — the one command-line entry point."""
+"""`plantpulse serve | migrate | create-admin | simulate | bench` — the one command-line entry
+point. Benchmark modules are imported only for `plantpulse bench ...`."""
 
 from __future__ import annotations
 
