@@ -61,6 +61,7 @@ async def world() -> AsyncIterator[World]:
     url = await support.create_database("outage")
     try:
         await support.migrate(url)
+        await support.pause_policies(url)
         app = create_app(make_settings(url))
         async with LifespanManager(app) as manager:
             transport = ASGITransport(app=manager.app, raise_app_exceptions=False)

@@ -28,6 +28,7 @@ async def own_database() -> AsyncIterator[str]:
     url = await support.create_database(f"t{uuid.uuid4().hex[:8]}")
     try:
         await support.migrate(url)
+        await support.pause_policies(url)
         yield url
     finally:
         await support.drop_database(url)
