@@ -20,7 +20,7 @@ async def scratch_url() -> AsyncIterator[str]:
 
 
 async def _tables(url: str) -> set[str]:
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    conn = await asyncpg.connect(support.dsn(url))
     try:
         rows = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         return {r["tablename"] for r in rows}
@@ -38,7 +38,7 @@ class TestMigrations:
             "machine_metrics",
             "dead_letters",
         } <= await _tables(scratch_url)
-        conn = await asyncpg.connect(scratch_url.replace("postgresql+asyncpg://", "postgresql://"))
+        conn = await asyncpg.connect(support.dsn(scratch_url))
         try:
             hypertables = await conn.fetch(
                 "SELECT hypertable_name FROM timescaledb_information.hypertables"
@@ -102,7 +102,7 @@ class TestMigrations:
         self, scratch_url: str
     ) -> None:
         await support.migrate(scratch_url, "0003")
-        conn = await asyncpg.connect(scratch_url.replace("postgresql+asyncpg://", "postgresql://"))
+        conn = await asyncpg.connect(support.dsn(scratch_url))
         try:
             machine_id = uuid.uuid4()
             start = datetime(2024, 1, 1, 23, 58, tzinfo=UTC)

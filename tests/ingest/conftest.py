@@ -34,9 +34,8 @@ async def own_database() -> AsyncIterator[str]:
         await support.drop_database(url)
 
 
-def dsn(url: str) -> str:
-    """asyncpg's form of a SQLAlchemy URL."""
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+# asyncpg's form of a SQLAlchemy URL; the ingest tests import it from here.
+dsn = support.dsn
 
 
 async def add_machine(url: str) -> uuid.UUID:

@@ -39,10 +39,6 @@ INTERVALS.append(timedelta(days=1))
 EXACT = ("count", "min", "max", "first", "last", "invalid")
 
 
-def _dsn(url: str) -> str:
-    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
-
-
 @pytest.fixture(scope="module")
 async def plain_pool() -> AsyncIterator[asyncpg.Pool]:
     """A database without TimescaleDB: migrated to 0001 (which creates the extension where
@@ -50,13 +46,13 @@ async def plain_pool() -> AsyncIterator[asyncpg.Pool]:
     url = await support.create_database("plain")
     try:
         await support.migrate(url, "0001")
-        conn = await asyncpg.connect(_dsn(url))
+        conn = await asyncpg.connect(support.dsn(url))
         try:
             await conn.execute("DROP EXTENSION IF EXISTS timescaledb")
         finally:
             await conn.close()
         await support.migrate(url)
-        pool = await asyncpg.create_pool(_dsn(url), min_size=1, max_size=4)
+        pool = await asyncpg.create_pool(support.dsn(url), min_size=1, max_size=4)
         try:
             assert not await pool.fetchval(
                 "SELECT count(*) FROM pg_extension WHERE extname = 'timescaledb'"
